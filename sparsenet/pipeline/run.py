@@ -1,0 +1,110 @@
+"""One experiment run: build everything from the config, run the stages, write results.
+
+Outputs in the run folder:
+  metrics.json   per stage: test_acc, params, nonzero_params, macs, layers, wall_s, latency_ms
+  history.csv    per epoch of each training stage
+  model/         the final model as shape spec + plain state_dict (see checkpoint.py)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sparsenet.checkpoint import save_pruned
+from sparsenet.data import build_datasets
+from sparsenet.data.loaders import make_loader
+from sparsenet.measure import dense_layer_units, describe_model, measure_latency_ms
+from sparsenet.models import get_model
+from sparsenet.pipeline.engine import evaluate
+from sparsenet.pipeline.stages import STAGES, RunContext
+from sparsenet.runtime import atomic_write_bytes, atomic_write_json, seed_everything, select_device
+
+METRICS_FILE = "metrics.json"
+
+
+def _model_kwargs(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg.model, resolve=True)
+
+
+def build_context(cfg: DictConfig, run_dir: Path) -> RunContext:
+    seed_everything(int(cfg.seed))
+    device = select_device(str(cfg.train.device))
+    dataset_options = OmegaConf.to_container(cfg.dataset, resolve=True)
+    data = build_datasets(dataset_options.pop("name"), **dataset_options)
+    model_kwargs = _model_kwargs(cfg)
+    model = get_model(model_kwargs.pop("name"), **model_kwargs).to(device)
+    loader_options = dict(
+        num_workers=int(cfg.dataset.num_workers),
+        device=device,
+        pin_memory=device.type == "cuda",
+    )
+    train_loader = make_loader(
+        data.train, int(cfg.train.batch_size), shuffle=True, seed=int(cfg.seed), **loader_options
+    )
+    test_loader = make_loader(
+        data.test, int(cfg.train.eval_batch_size), shuffle=False, seed=int(cfg.seed), **loader_options
+    )
+    regularizer = hydra.utils.instantiate(cfg.regularizer)
+    return RunContext(cfg, run_dir, device, model, data, train_loader, test_loader, regularizer)
+
+
+def _measure(ctx: RunContext, dense_units: dict[str, int]) -> dict:
+    input_shape = tuple(ctx.data.input_shape)
+    figures = evaluate(ctx.model, ctx.test_loader, ctx.device)
+    figures.update(describe_model(ctx.model, input_shape, dense_units))
+    figures["latency_ms"] = measure_latency_ms(
+        ctx.model, input_shape, int(ctx.cfg.report.latency_batch_size), ctx.device,
+        repeats=int(ctx.cfg.report.latency_repeats),
+    )
+    return figures
+
+
+def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Run the stages named in cfg.stages and return the metrics written to metrics.json."""
+    run_dir = Path(run_dir)
+    ctx = build_context(cfg, run_dir)
+    dense_units = dense_layer_units(ctx.model)
+    metrics: dict = {
+        "status": "running",
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "regularizer": ctx.regularizer.describe(),
+        "device": str(ctx.device),
+        "stages": {},
+    }
+    for name in cfg.stages:
+        if name not in STAGES:
+            raise ValueError(f"stages: '{name}' is not a stage; allowed: {', '.join(STAGES)}")
+        start = time.perf_counter()
+        extra = STAGES[name](ctx)
+        wall = time.perf_counter() - start
+        metrics["stages"][name] = {**_measure(ctx, dense_units), "wall_s": round(wall, 3), **extra}
+        atomic_write_json(run_dir / METRICS_FILE, metrics)
+    metrics["summary"] = summarize(metrics["stages"])
+    metrics["status"] = "completed"
+    if ctx.history:
+        atomic_write_bytes(run_dir / "history.csv", pd.DataFrame(ctx.history).to_csv(index=False).encode())
+    save_pruned(ctx.model.cpu(), run_dir / "model", _model_kwargs(cfg))
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+def summarize(stages: dict) -> dict:
+    """Compression of the final stage against the first (dense) one."""
+    names = list(stages)
+    first, last = stages[names[0]], stages[names[-1]]
+    return {
+        "final_stage": names[-1],
+        "test_acc": last["test_acc"],
+        "params_kept_pct": round(100 * last["params"] / first["params"], 3),
+        "macs_kept_pct": round(100 * last["macs"] / first["macs"], 3),
+        "compression": round(first["params"] / last["params"], 3),
+        "mac_reduction": round(first["macs"] / last["macs"], 3),
+        "speedup": round(first["latency_ms"] / last["latency_ms"], 3),
+        "total_wall_s": round(sum(s["wall_s"] for s in stages.values()), 3),
+    }
