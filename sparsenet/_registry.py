@@ -49,9 +49,7 @@ class Registry:
     def get(self, name: str) -> Callable[..., Any]:
         self._import_all()
         if name not in self._builders:
-            raise KeyError(
-                f"unknown {self.kind} '{name}'; available: {', '.join(self.names())}"
-            )
+            raise KeyError(f"unknown {self.kind} '{name}'; available: {', '.join(self.names())}")
         return self._builders[name]
 
     def build(self, name: str, **kwargs: Any) -> Any:

@@ -26,12 +26,20 @@ def shape_spec(model: nn.Module) -> dict[str, dict[str, Any]]:
     spec: dict[str, dict[str, Any]] = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
-            spec[name] = {"type": "Conv2d", "in_channels": m.in_channels,
-                          "out_channels": m.out_channels, "groups": m.groups,
-                          "bias": m.bias is not None}
+            spec[name] = {
+                "type": "Conv2d",
+                "in_channels": m.in_channels,
+                "out_channels": m.out_channels,
+                "groups": m.groups,
+                "bias": m.bias is not None,
+            }
         elif isinstance(m, nn.Linear):
-            spec[name] = {"type": "Linear", "in_features": m.in_features,
-                          "out_features": m.out_features, "bias": m.bias is not None}
+            spec[name] = {
+                "type": "Linear",
+                "in_features": m.in_features,
+                "out_features": m.out_features,
+                "bias": m.bias is not None,
+            }
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             spec[name] = {"type": type(m).__name__, "num_features": m.num_features}
     return spec

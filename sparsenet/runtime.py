@@ -24,7 +24,9 @@ def seed_everything(seed: int) -> None:
 def select_device(name: str) -> torch.device:
     """auto -> cuda when available, else cpu."""
     if name not in DEVICES and not name.startswith("cuda:"):
-        raise ValueError(f"train.device='{name}' is not a device; allowed: {', '.join(DEVICES)}, cuda:N")
+        raise ValueError(
+            f"train.device='{name}' is not a device; allowed: {', '.join(DEVICES)}, cuda:N"
+        )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

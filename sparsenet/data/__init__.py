@@ -1,12 +1,18 @@
 """Datasets: one file per dataset family, each builder registered with `@register_dataset`.
 
-A builder takes `root`, `download`, `format`, `train_subset`, `augment` and returns
-`DataSplits`. Small datasets (MNIST family) come back as in-memory `TensorDataset`s of
-normalised float tensors, so the training loop can index batches without decoding.
+A builder takes `root`, `download`, `format`, `train_subset`, `test_subset`, `augment` (plus
+family options such as `image_size`) and returns `DataSplits`. Small datasets (MNIST family,
+`fake`) come back as in-memory `TensorDataset`s of normalised float tensors, so the training
+loop can index batches without decoding (see `loaders.py`). Shared helpers are in `_common.py`.
+
+A dataset config also carries `num_classes` and `input_shape` for the model config to
+interpolate; they are not builder options, and `check_matches_config` compares them with what
+the builder found.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch.utils.data import Dataset
@@ -35,11 +41,32 @@ def build_datasets(name: str, **options) -> DataSplits:
     return DATASETS.build(name, **options)
 
 
+def check_matches_config(
+    data: DataSplits, num_classes: int | None = None, input_shape: Sequence[int] | None = None
+) -> None:
+    """Raise if the config's `num_classes` / `input_shape` (None: not given) disagree with the data.
+
+    The model is built from the config values, so a mismatch would otherwise surface as a
+    shape error deep in the first forward pass (or, for classes, as silently wrong logits).
+    """
+    if num_classes is not None and int(num_classes) != data.num_classes:
+        raise ValueError(
+            f"dataset.num_classes={num_classes} but the data has {data.num_classes} classes; "
+            f"set dataset.num_classes={data.num_classes}"
+        )
+    if input_shape is not None and tuple(int(d) for d in input_shape) != tuple(data.input_shape):
+        raise ValueError(
+            f"dataset.input_shape={list(input_shape)} but the data gives samples of shape "
+            f"{list(data.input_shape)}; set dataset.input_shape={list(data.input_shape)}"
+        )
+
+
 __all__ = [
     "DATASETS",
     "DataNotFoundError",
     "DataSplits",
     "build_datasets",
+    "check_matches_config",
     "list_datasets",
     "register_dataset",
 ]

@@ -34,7 +34,9 @@ def make_schedule(
     elif name == "constant":
         factor = lambda step: 1.0  # noqa: E731
     else:
-        raise ValueError(f"scheduler.name='{name}' is not a schedule; allowed: {', '.join(SCHEDULES)}")
+        raise ValueError(
+            f"scheduler.name='{name}' is not a schedule; allowed: {', '.join(SCHEDULES)}"
+        )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -106,4 +108,7 @@ def evaluate(model: nn.Module, loader, device: torch.device) -> dict[str, float]
         total_loss += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-    return {"test_loss": float(total_loss) / max(seen, 1), "test_acc": 100.0 * float(correct) / max(seen, 1)}
+    return {
+        "test_loss": float(total_loss) / max(seen, 1),
+        "test_acc": 100.0 * float(correct) / max(seen, 1),
+    }

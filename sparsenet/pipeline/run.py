@@ -13,11 +13,10 @@ from pathlib import Path
 
 import hydra
 import pandas as pd
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sparsenet.checkpoint import save_pruned
-from sparsenet.data import build_datasets
+from sparsenet.data import build_datasets, check_matches_config
 from sparsenet.data.loaders import make_loader
 from sparsenet.measure import dense_layer_units, describe_model, measure_latency_ms
 from sparsenet.models import get_model
@@ -36,11 +35,16 @@ def build_context(cfg: DictConfig, run_dir: Path) -> RunContext:
     seed_everything(int(cfg.seed))
     device = select_device(str(cfg.train.device))
     dataset_options = OmegaConf.to_container(cfg.dataset, resolve=True)
+    # num_workers is for the loader; num_classes / input_shape are for the model config to
+    # interpolate, so they are checked against the data rather than passed to the builder.
+    num_workers = int(dataset_options.pop("num_workers", 0))
+    declared = {key: dataset_options.pop(key, None) for key in ("num_classes", "input_shape")}
     data = build_datasets(dataset_options.pop("name"), **dataset_options)
+    check_matches_config(data, **declared)
     model_kwargs = _model_kwargs(cfg)
     model = get_model(model_kwargs.pop("name"), **model_kwargs).to(device)
     loader_options = dict(
-        num_workers=int(cfg.dataset.num_workers),
+        num_workers=num_workers,
         device=device,
         pin_memory=device.type == "cuda",
     )
@@ -48,7 +52,11 @@ def build_context(cfg: DictConfig, run_dir: Path) -> RunContext:
         data.train, int(cfg.train.batch_size), shuffle=True, seed=int(cfg.seed), **loader_options
     )
     test_loader = make_loader(
-        data.test, int(cfg.train.eval_batch_size), shuffle=False, seed=int(cfg.seed), **loader_options
+        data.test,
+        int(cfg.train.eval_batch_size),
+        shuffle=False,
+        seed=int(cfg.seed),
+        **loader_options,
     )
     regularizer = hydra.utils.instantiate(cfg.regularizer)
     return RunContext(cfg, run_dir, device, model, data, train_loader, test_loader, regularizer)
@@ -59,7 +67,10 @@ def _measure(ctx: RunContext, dense_units: dict[str, int]) -> dict:
     figures = evaluate(ctx.model, ctx.test_loader, ctx.device)
     figures.update(describe_model(ctx.model, input_shape, dense_units))
     figures["latency_ms"] = measure_latency_ms(
-        ctx.model, input_shape, int(ctx.cfg.report.latency_batch_size), ctx.device,
+        ctx.model,
+        input_shape,
+        int(ctx.cfg.report.latency_batch_size),
+        ctx.device,
         repeats=int(ctx.cfg.report.latency_repeats),
     )
     return figures
@@ -88,7 +99,9 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
     metrics["summary"] = summarize(metrics["stages"])
     metrics["status"] = "completed"
     if ctx.history:
-        atomic_write_bytes(run_dir / "history.csv", pd.DataFrame(ctx.history).to_csv(index=False).encode())
+        atomic_write_bytes(
+            run_dir / "history.csv", pd.DataFrame(ctx.history).to_csv(index=False).encode()
+        )
     save_pruned(ctx.model.cpu(), run_dir / "model", _model_kwargs(cfg))
     atomic_write_json(run_dir / METRICS_FILE, metrics)
     return metrics

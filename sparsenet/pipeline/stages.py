@@ -31,9 +31,11 @@ class RunContext:
     history: list[dict] = field(default_factory=list)
 
 
-def _fit(ctx: RunContext, stage: str, epochs: int, lr: float, regularizer: Regularizer | None) -> dict:
+def _fit(
+    ctx: RunContext, stage: str, epochs: int, lr: float, regularizer: Regularizer | None
+) -> dict:
     cfg = ctx.cfg
-    optimizer = hydra.utils.instantiate(cfg.optimizer, ctx.model.parameters(), lr=lr)
+    optimizer = hydra.utils.instantiate(cfg.optimizer, lr=lr)(ctx.model.parameters())
     total_steps = epochs * len(ctx.train_loader)
     sched_cfg = {k: v for k, v in cfg.scheduler.items() if k != "name"}
     scheduler = make_schedule(optimizer, cfg.scheduler.name, total_steps, **sched_cfg)
@@ -42,8 +44,14 @@ def _fit(ctx: RunContext, stage: str, epochs: int, lr: float, regularizer: Regul
     for epoch in range(1, epochs + 1):
         lr_now = optimizer.param_groups[0]["lr"]
         stats = train_epoch(
-            ctx.model, ctx.train_loader, optimizer, scheduler, regularizer, ctx.device,
-            description=f"{stage} {epoch}/{epochs}", progress=progress,
+            ctx.model,
+            ctx.train_loader,
+            optimizer,
+            scheduler,
+            regularizer,
+            ctx.device,
+            description=f"{stage} {epoch}/{epochs}",
+            progress=progress,
         )
         stats.update(evaluate(ctx.model, ctx.test_loader, ctx.device))
         last = {"stage": stage, "epoch": epoch, "lr": lr_now, **stats}
@@ -60,7 +68,9 @@ def _fit(ctx: RunContext, stage: str, epochs: int, lr: float, regularizer: Regul
 
 def train_stage(ctx: RunContext) -> dict:
     """Train from scratch with loss = CE + R(model)."""
-    return _fit(ctx, "train", int(ctx.cfg.train.epochs), float(ctx.cfg.optimizer.lr), ctx.regularizer)
+    return _fit(
+        ctx, "train", int(ctx.cfg.train.epochs), float(ctx.cfg.optimizer.lr), ctx.regularizer
+    )
 
 
 def _calibration_batch(ctx: RunContext, size: int) -> torch.Tensor:

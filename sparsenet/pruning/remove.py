@@ -65,17 +65,19 @@ def _group_unit_norms(graph, group) -> tuple[torch.Tensor, torch.Tensor]:
         dep, idxs = item.dep, item.idxs
         roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
         idxs = torch.as_tensor(idxs, dtype=torch.long)
-        w = dep.target.module.weight.detach().float().cpu()
         if _is_weight_dep(graph, dep, out=True):
-            sq = w.reshape(w.shape[0], -1).pow(2).sum(1)[idxs]
-            sq_in.index_add_(0, roots, sq)
+            w = dep.target.module.weight.detach().float().cpu()
+            sq_in.index_add_(0, roots, w.reshape(w.shape[0], -1).pow(2).sum(1)[idxs])
         elif _is_weight_dep(graph, dep, out=False):
+            w = dep.target.module.weight.detach().float().cpu()
             cols = w.transpose(0, 1).reshape(w.shape[1], -1).pow(2).sum(1)[idxs]
             sq_out.index_add_(0, roots, cols)
     return sq_in.sqrt(), sq_out.sqrt()
 
 
-def unit_norms(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def unit_norms(
+    model: nn.Module, example: torch.Tensor
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{root layer name: (in_norm, out_norm)} for every prunable unit group."""
     model_was_training = model.training
     model.eval()
@@ -122,8 +124,13 @@ def _fold_into(consumer: nn.Module, mean_input: torch.Tensor, removed_idxs: list
         shift, error = weight @ masked, 0.0
     else:
         out = F.conv2d(
-            masked.unsqueeze(0), weight, None, consumer.stride, consumer.padding,
-            consumer.dilation, consumer.groups,
+            masked.unsqueeze(0),
+            weight,
+            None,
+            consumer.stride,
+            consumer.padding,
+            consumer.dilation,
+            consumer.groups,
         )[0]
         shift = out.mean(dim=(1, 2))
         error = float((out - shift[:, None, None]).abs().max()) if out.numel() else 0.0

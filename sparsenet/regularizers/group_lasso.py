@@ -70,7 +70,9 @@ class GroupLasso(Regularizer):
             # write back through the same view layout
             if self.structure == "in":
                 module.weight.copy_(
-                    shrunk.reshape(module.weight.shape[1], module.weight.shape[0], *module.weight.shape[2:]).transpose(0, 1)
+                    shrunk.reshape(
+                        module.weight.shape[1], module.weight.shape[0], *module.weight.shape[2:]
+                    ).transpose(0, 1)
                 )
             elif self.structure == "shape":
                 module.weight.copy_(shrunk.t().reshape(module.weight.shape))

@@ -1,0 +1,165 @@
+"""Helpers shared by the dataset families: option checks, subsets, the missing-data error.
+
+Private (leading underscore) so the registry does not import it as a family. Every error
+message names the config key (`dataset.<key>=...`) and what would be accepted, because the
+person reading it is editing a YAML file or a command line, not this code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset
+from torchvision import datasets, transforms
+
+from sparsenet.data import DataNotFoundError
+
+FORMATS = ("torchvision", "imagefolder")
+
+
+def check_format(format: str, allowed: Sequence[str], dataset: str) -> None:
+    """Reject a `dataset.format` the family cannot read."""
+    if format not in allowed:
+        raise ValueError(
+            f"dataset.format='{format}' is not a format of {dataset}; allowed: {', '.join(allowed)}"
+        )
+
+
+def check_subset(n: int | None, size: int, key: str) -> int:
+    """Number of samples to keep: `n`, or all `size` when `n` is None."""
+    if n is None:
+        return size
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= size:
+        raise ValueError(
+            f"dataset.{key}={n!r} is out of range; allowed: an integer 1..{size} "
+            f"(the split's size) or null for all samples"
+        )
+    return n
+
+
+def take_subset(dataset: Dataset, n: int | None, key: str, *, spread: bool = False) -> Dataset:
+    """The first `n` samples of `dataset` (all when `n` is None), as a `Subset`.
+
+    spread=True takes `n` evenly spaced samples instead. Use it for ImageFolder trees, whose
+    samples are sorted by class: their first `n` would be one or two classes only.
+    """
+    size = len(dataset)
+    n = check_subset(n, size, key)
+    if n == size:
+        return dataset
+    indices = (torch.arange(n) * size // n).tolist() if spread else list(range(n))
+    return Subset(dataset, indices)
+
+
+def normalize(mean: Sequence[float], std: Sequence[float]) -> list:
+    """ToTensor then Normalize: the last two transforms of every image pipeline here."""
+    return [transforms.ToTensor(), transforms.Normalize(tuple(mean), tuple(std))]
+
+
+def data_not_found(
+    dataset: str,
+    folder: Path,
+    expected: str,
+    *,
+    root_hint: str,
+    download_hint: str,
+    download_error: BaseException | None = None,
+    default_subfolder: str = "",
+) -> DataNotFoundError:
+    """The one message for data that is not where the config says, with the two ways to fix it.
+
+    expected: what should be in `folder` ("files a, b" or "class folders").
+    root_hint: which folder `dataset.root` should point at for this family.
+    download_hint: way (b); for families that cannot be downloaded, what to do instead.
+    default_subfolder: what the family's config appends to $SPARSENET_DATA ("/imagenet").
+    """
+    # torchvision reports one line per mirror tried; one line keeps the fix visible below it.
+    failed = (
+        f" Download failed: {' '.join(str(download_error).split())}"
+        if download_error is not None
+        else ""
+    )
+    return DataNotFoundError(
+        f"{dataset} data not found: looked in {folder.resolve()} for {expected}.{failed}\n"
+        f"Fix one of:\n"
+        f"  (a) point dataset.root=... at a local copy: {root_hint}. By default dataset.root is "
+        f"$SPARSENET_DATA{default_subfolder}, or ./data{default_subfolder} when the environment "
+        f"variable SPARSENET_DATA is unset\n"
+        f"  (b) {download_hint}"
+    )
+
+
+DOWNLOAD_HINT = "set dataset.download=true on a machine with internet access"
+
+
+def ensure_files(
+    dataset: str,
+    folder: Path,
+    files: Sequence[str],
+    *,
+    root_hint: str,
+    download: bool,
+    fetch: Callable[[], object],
+) -> None:
+    """Make sure `folder` holds `files`: download them with `fetch` if allowed, else raise.
+
+    A failed download (no internet, mirror down) becomes the same DataNotFoundError, chained
+    to the original error, so the user sees how to fix it rather than a urllib traceback.
+    """
+    missing = [f for f in files if not (folder / f).is_file()]
+    if not missing:
+        return
+    expected = ", ".join(missing)
+    if not download:
+        raise data_not_found(
+            dataset, folder, expected, root_hint=root_hint, download_hint=DOWNLOAD_HINT
+        )
+    try:
+        fetch()
+    except Exception as error:  # URLError, HTTPError, OSError, RuntimeError from the mirrors
+        raise data_not_found(
+            dataset,
+            folder,
+            expected,
+            root_hint=root_hint,
+            download_hint=DOWNLOAD_HINT + " (the download was tried and failed)",
+            download_error=error,
+        ) from error
+
+
+def load_imagefolder_pair(
+    dataset: str,
+    root: Path,
+    splits: tuple[str, str],
+    transforms_: tuple[Callable, Callable],
+    *,
+    download_hint: str,
+    default_subfolder: str = "",
+) -> tuple[datasets.ImageFolder, datasets.ImageFolder]:
+    """Read `root/<train split>` and `root/<test split>` as ImageFolders with the same classes."""
+    folders = [root / split for split in splits]
+    for folder in folders:
+        if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
+            raise data_not_found(
+                dataset,
+                folder,
+                "one sub-folder of images per class",
+                root_hint=f"the folder containing {splits[0]}/<class>/*.jpg and "
+                f"{splits[1]}/<class>/*.jpg",
+                download_hint=download_hint,
+                default_subfolder=default_subfolder,
+            )
+    train, test = (
+        datasets.ImageFolder(str(folder), transform=tf)
+        for folder, tf in zip(folders, transforms_, strict=True)
+    )
+    if train.classes != test.classes:
+        raise ValueError(
+            f"{dataset}: the class folders of {folders[0]} and {folders[1]} differ, so their "
+            f"label numbers would disagree; only in {splits[0]}/: "
+            f"{sorted(set(train.classes) - set(test.classes))}, only in {splits[1]}/: "
+            f"{sorted(set(test.classes) - set(train.classes))}"
+        )
+    return train, test

@@ -1,0 +1,97 @@
+"""The command line end to end on synthetic data: what a user types, what lands on disk."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from sparsenet.checkpoint import load_pruned
+
+STAGE_KEYS = {"test_acc", "params", "nonzero_params", "macs", "layers", "wall_s", "latency_ms"}
+
+
+def _sparsenet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SPARSENET_DATA": str(cwd / "no-data-here")}
+    return subprocess.run(
+        [sys.executable, "-m", "sparsenet", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_single_run_writes_metrics_and_a_loadable_pruned_model(tmp_path):
+    run_dir = tmp_path / "run"
+    # A strong proximal group lasso on random labels drives many LeNet-5 units to exact zero.
+    proc = _sparsenet(
+        "experiment=smoke",
+        "regularizer.proximal=true",
+        "regularizer.strength=0.05",
+        "optimizer.lr=0.1",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test acc" in proc.stdout  # the closing summary line
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert list(metrics["stages"]) == ["train", "prune", "finetune"]
+    for stage in metrics["stages"].values():
+        assert STAGE_KEYS <= stage.keys()
+        assert 0 <= stage["test_acc"] <= 100 and stage["nonzero_params"] <= stage["params"]
+        for layer in stage["layers"]:
+            assert 1 <= layer["units_kept"] <= layer["units_total"]
+    train, prune = metrics["stages"]["train"], metrics["stages"]["prune"]
+    # Dense LeNet-5 on 1x28x28: 431,080 params; conv1 20 -> conv2 50 -> fc1 500 -> fc2 10.
+    assert train["params"] == 431_080
+    assert [layer["units_total"] for layer in train["layers"]] == [20, 50, 500, 10]
+    assert prune["params"] < train["params"] and prune["macs"] < train["macs"]
+    kept = [layer["units_kept"] for layer in prune["layers"]]
+    assert kept[-1] == 10 and sum(kept) < 580
+
+    model = load_pruned(run_dir / "model")
+    assert [
+        m.weight.shape[0]
+        for m in model.modules()
+        if hasattr(m, "weight") and isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ] == kept
+    assert sum(p.numel() for p in model.parameters()) == metrics["stages"]["finetune"]["params"]
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    assert (run_dir / "history.csv").read_text().startswith("stage,epoch")
+
+
+def test_multirun_sweeps_the_strength(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = _sparsenet(
+        "-m",
+        "experiment=smoke",
+        "regularizer.strength=0,1e-3",
+        "finetune.epochs=0",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    strengths = sorted(
+        json.loads(p.read_text())["config"]["regularizer"]["strength"]
+        for p in sweep_dir.glob("*/metrics.json")
+    )
+    assert strengths == [0.0, 1e-3]
+
+
+def test_missing_data_fails_with_a_clear_message(tmp_path):
+    proc = _sparsenet("train.epochs=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode != 0
+    message = proc.stderr + proc.stdout
+    assert str(tmp_path / "no-data-here") in message and "SPARSENET_DATA" in message
+
+
+def test_list_prints_the_config_choices(tmp_path):
+    proc = _sparsenet("list", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "lenet5" in proc.stdout and "group_lasso" in proc.stdout and "mnist" in proc.stdout

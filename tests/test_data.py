@@ -1,0 +1,351 @@
+"""Dataset builders and loaders on tiny files written here (no network, no real data).
+
+Expected values are worked out by hand or by torchvision's own per-sample transforms; one
+`realdata` test checks the real MNIST copy against the counts in ../shared/data/README.md.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Subset, TensorDataset
+from torchvision import datasets, transforms
+
+from sparsenet.data import (
+    DataNotFoundError,
+    DataSplits,
+    build_datasets,
+    check_matches_config,
+    list_datasets,
+)
+from sparsenet.data.cifar10 import CLASSES
+from sparsenet.data.loaders import TensorBatchLoader, make_loader
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# MNIST family from hand-written IDX files
+
+
+def _write_idx(folder: Path, train: bool, images: np.ndarray, labels: np.ndarray) -> None:
+    """IDX format: magic 2051 (uint8, 3 dims) / 2049 (uint8, 1 dim), big-endian int32 dims."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image_file, label_file = MNIST_FILES[train]
+    n, rows, cols = images.shape
+    (folder / image_file).write_bytes(
+        struct.pack(">IIII", 2051, n, rows, cols) + images.astype(np.uint8).tobytes()
+    )
+    (folder / label_file).write_bytes(
+        struct.pack(">II", 2049, n) + labels.astype(np.uint8).tobytes()
+    )
+
+
+def _images(n: int, offset: int) -> np.ndarray:
+    return ((np.arange(n * 28 * 28).reshape(n, 28, 28) * 7 + offset) % 256).astype(np.uint8)
+
+
+@pytest.fixture
+def mnist_root(tmp_path: Path) -> Path:
+    """12 train / 5 test images in <root>/MNIST/raw; train image 0 starts with pixels 255, 0, 128."""
+    train = _images(12, 3)
+    train[0, 0, :3] = (255, 0, 128)
+    _write_idx(tmp_path / "MNIST" / "raw", True, train, np.arange(12) % 10)
+    _write_idx(tmp_path / "MNIST" / "raw", False, _images(5, 1), np.array([9, 8, 7, 6, 5]))
+    return tmp_path
+
+
+def test_registry_lists_every_family():
+    assert set(list_datasets()) >= {"mnist", "fashion_mnist", "cifar10", "imagenet", "fake"}
+    assert not any(name.startswith("_") for name in list_datasets())
+
+
+def test_mnist_loads_in_memory_and_normalises_exactly(mnist_root: Path):
+    data = build_datasets("mnist", root=str(mnist_root), download=False)
+    assert isinstance(data, DataSplits) and data.in_memory
+    assert (data.num_classes, data.input_shape) == (10, (1, 28, 28))
+    x, y = data.train.tensors
+    assert x.shape == (12, 1, 28, 28) and x.dtype == torch.float32
+    assert y.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert data.test.tensors[1].tolist() == [9, 8, 7, 6, 5]
+    # By hand: (255/255 - 0.1307)/0.3081 = 0.8693/0.3081 = 2.821486...,
+    # (0 - 0.1307)/0.3081 = -0.424213..., (128/255 - 0.1307)/0.3081 = 0.371261/0.3081 = 1.205001...
+    assert x[0, 0, 0, :3].tolist() == pytest.approx([2.821487, -0.424213, 1.205001], abs=1e-5)
+    # And bit for bit what torchvision's per-sample ToTensor + Normalize gives.
+    reference = datasets.MNIST(
+        str(mnist_root),
+        train=True,
+        transform=transforms.Compose(
+            [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
+        ),
+    )
+    for i in (0, 11):
+        assert torch.equal(x[i], reference[i][0])
+
+
+def test_mnist_subsets_keep_the_first_samples(mnist_root: Path):
+    full = build_datasets("mnist", root=str(mnist_root), download=False)
+    part = build_datasets(
+        "mnist", root=str(mnist_root), download=False, train_subset=5, test_subset=2
+    )
+    assert len(part.train) == 5 and len(part.test) == 2
+    for a, b in zip(part.train.tensors, full.train.tensors, strict=True):
+        assert torch.equal(a, b[:5])
+    assert part.test.tensors[1].tolist() == [9, 8]
+
+
+def test_fashion_mnist_uses_its_own_folder_and_statistics(mnist_root: Path):
+    (mnist_root / "MNIST").rename(mnist_root / "FashionMNIST")
+    data = build_datasets("fashion_mnist", root=str(mnist_root), download=False)
+    # (255/255 - 0.2860)/0.3530 = 0.714/0.353 = 2.022663...
+    assert data.train.tensors[0][0, 0, 0, 0].item() == pytest.approx(2.022663, abs=1e-5)
+
+
+def test_missing_mnist_says_where_it_looked_and_how_to_fix_it(tmp_path: Path):
+    root = tmp_path / "nowhere"
+    with pytest.raises(DataNotFoundError) as info:
+        build_datasets("mnist", root=str(root), download=False)
+    message = str(info.value)
+    assert str((root / "MNIST" / "raw").resolve()) in message
+    for hint in ("dataset.root", "SPARSENET_DATA", "dataset.download=true", "MNIST/raw"):
+        assert hint in message
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_failed_download_becomes_the_same_error(tmp_path: Path, monkeypatch):
+    def offline(self):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(datasets.MNIST, "download", offline)
+    with pytest.raises(DataNotFoundError, match="Download failed") as info:
+        build_datasets("mnist", root=str(tmp_path), download=True)
+    assert isinstance(info.value.__cause__, urllib.error.URLError)
+    assert "SPARSENET_DATA" in str(info.value)
+
+
+def test_bad_options_name_the_key_and_what_is_allowed(mnist_root: Path):
+    root = str(mnist_root)
+    with pytest.raises(ValueError, match=r"dataset.format='imagefolder' .*allowed: torchvision$"):
+        build_datasets("mnist", root=root, format="imagefolder")
+    with pytest.raises(ValueError, match="allowed: torchvision, imagefolder"):
+        build_datasets("cifar10", root=root, format="jpeg")
+    with pytest.raises(ValueError, match=r"dataset.train_subset=0 .*1\.\.12"):
+        build_datasets("mnist", root=root, download=False, train_subset=0)
+    with pytest.raises(ValueError, match=r"dataset.train_subset=13 .*1\.\.12"):
+        build_datasets("mnist", root=root, download=False, train_subset=13)
+    with pytest.raises(ValueError, match=r"dataset.test_subset=6 .*1\.\.5"):
+        build_datasets("mnist", root=root, download=False, test_subset=6)
+    with pytest.raises(ValueError, match="dataset.augment=true"):
+        build_datasets("mnist", root=root, download=False, augment=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageFolder trees: cifar10 (format=imagefolder) and imagenet
+
+
+def _colour(label: int, k: int) -> tuple[int, int, int]:
+    return (20 * label + k, 255 - 20 * label, 100 + k)
+
+
+def _write_tree(root: Path, splits: tuple[str, ...], classes=CLASSES, size: int = 32) -> Path:
+    """Per split, 2 solid-colour PNGs per class; colour encodes (label, index)."""
+    for split in splits:
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for k in range(2):
+                Image.new("RGB", (size, size), _colour(label, k)).save(folder / f"{k}.png")
+    return root
+
+
+def test_cifar10_imagefolder_loads_normalises_and_spreads_subsets(tmp_path: Path):
+    root = _write_tree(tmp_path, ("train", "test"))
+    data = build_datasets("cifar10", root=str(root), format="imagefolder", augment=False)
+    assert (len(data.train), len(data.test), data.num_classes) == (20, 20, 10)
+    assert data.input_shape == (3, 32, 32) and not data.in_memory
+    x, y = data.train[3]  # class 1 (automobile), image 1
+    assert y == 1 and x.shape == (3, 32, 32)
+    r, g, b = _colour(1, 1)  # (21, 235, 101)
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    expected = [(v / 255 - m) / s for v, m, s in zip((r, g, b), mean, std, strict=True)]
+    assert x[:, 5, 7].tolist() == pytest.approx(expected, abs=1e-5)
+    # Class-sorted tree: a subset of 10 must still hold every class.
+    part = build_datasets(
+        "cifar10", root=str(root), format="imagefolder", train_subset=10, test_subset=3
+    )
+    assert sorted(part.train[i][1] for i in range(10)) == list(range(10))
+    assert len(part.test) == 3
+    augmented = build_datasets("cifar10", root=str(root), format="imagefolder", augment=True)
+    assert augmented.train[0][0].shape == (3, 32, 32)
+
+
+def test_cifar10_imagefolder_checks_the_tree(tmp_path: Path):
+    with pytest.raises(ValueError, match="3 class folders, expected 10"):
+        build_datasets(
+            "cifar10",
+            root=str(_write_tree(tmp_path / "a", ("train", "test"), CLASSES[:3])),
+            format="imagefolder",
+        )
+    with pytest.raises(ValueError, match="expected 32x32"):
+        build_datasets(
+            "cifar10",
+            root=str(_write_tree(tmp_path / "b", ("train", "test"), size=16)),
+            format="imagefolder",
+        )
+    root = _write_tree(tmp_path / "c", ("train",))
+    _write_tree(root, ("test",), (*CLASSES[:9], "lorry"))
+    with pytest.raises(ValueError, match=r"differ.*'truck'.*'lorry'"):
+        build_datasets("cifar10", root=str(root), format="imagefolder")
+
+
+def test_cifar10_missing_data(tmp_path: Path):
+    _write_tree(tmp_path, ("train",))
+    with pytest.raises(DataNotFoundError) as info:
+        build_datasets("cifar10", root=str(tmp_path), format="imagefolder")
+    assert str((tmp_path / "test").resolve()) in str(info.value)
+    assert "SPARSENET_DATA" in str(info.value)
+    with pytest.raises(DataNotFoundError, match="cifar-10-batches-py"):
+        build_datasets("cifar10", root=str(tmp_path / "none"), download=False)
+
+
+def test_imagenet_imagefolder_with_a_small_image_size(tmp_path: Path):
+    root = _write_tree(tmp_path, ("train", "val"), CLASSES[:4], size=40)
+    data = build_datasets("imagenet", root=str(root), image_size=32)
+    assert (data.num_classes, data.input_shape) == (4, (3, 32, 32))
+    assert data.train[0][0].shape == data.test[7][0].shape == (3, 32, 32)
+    assert data.test[7][1] == 3
+    plain = build_datasets("imagenet", root=str(root), image_size=32, augment=False)
+    assert torch.equal(plain.train[2][0], plain.test[2][0])  # same images, same test transform
+    part = build_datasets("imagenet", root=str(root), image_size=32, train_subset=4)
+    assert sorted(part.train[i][1] for i in range(4)) == [0, 1, 2, 3]
+
+
+def test_imagenet_missing_says_it_cannot_be_downloaded(tmp_path: Path):
+    with pytest.raises(DataNotFoundError, match="cannot be downloaded") as info:
+        build_datasets("imagenet", root=str(tmp_path))
+    assert str((tmp_path / "train").resolve()) in str(info.value)
+    with pytest.raises(ValueError, match="allowed: imagefolder"):
+        build_datasets("imagenet", root=str(tmp_path), format="torchvision")
+
+
+# ---------------------------------------------------------------------------------------------
+# fake
+
+
+def test_fake_shapes_determinism_and_learnable_labels():
+    data = build_datasets("fake", image_shape=[3, 8, 8], classes=4, train_size=200, test_size=100)
+    assert data.in_memory and (data.num_classes, data.input_shape) == (4, (3, 8, 8))
+    x, y = data.train.tensors
+    assert x.shape == (200, 3, 8, 8) and y.shape == (200,) and set(y.tolist()) == {0, 1, 2, 3}
+    again = build_datasets("fake", image_shape=[3, 8, 8], classes=4, train_size=200, test_size=100)
+    assert torch.equal(x, again.train.tensors[0]) and torch.equal(y, again.train.tensors[1])
+    other = build_datasets("fake", image_shape=[3, 8, 8], classes=4, seed=1)
+    assert not torch.equal(x[:10], other.train.tensors[0][:10])
+    # Labels depend on the images: nearest class mean of the training set classifies the test set.
+    means = torch.stack([x[y == c].mean(0) for c in range(4)]).flatten(1)
+    tx, ty = data.test.tensors
+    predicted = torch.cdist(tx.flatten(1), means).argmin(1)
+    assert (predicted == ty).float().mean() > 0.9
+    small = build_datasets("fake", train_subset=10, test_subset=3)
+    assert (len(small.train), len(small.test), small.input_shape) == (10, 3, (1, 28, 28))
+
+
+def test_check_matches_config():
+    data = build_datasets("fake", image_shape=[1, 8, 8], classes=3, train_size=4, test_size=4)
+    check_matches_config(data, num_classes=3, input_shape=[1, 8, 8])
+    check_matches_config(data)
+    with pytest.raises(ValueError, match=r"dataset.num_classes=10 .* 3 classes"):
+        check_matches_config(data, num_classes=10)
+    with pytest.raises(ValueError, match=r"dataset.input_shape=\[3, 32, 32\] .*\[1, 8, 8\]"):
+        check_matches_config(data, input_shape=[3, 32, 32])
+
+
+# ---------------------------------------------------------------------------------------------
+# loaders
+
+
+def _tensor_data(n: int = 10) -> TensorDataset:
+    return TensorDataset(torch.arange(n).float().unsqueeze(1), torch.arange(n))
+
+
+def _epoch(loader) -> list[int]:
+    return torch.cat([y for _, y in loader]).tolist()
+
+
+def test_tensor_batch_loader_covers_every_sample_once_per_epoch():
+    loader = make_loader(_tensor_data(), 4, shuffle=True, seed=0)
+    assert isinstance(loader, TensorBatchLoader) and len(loader) == 3
+    sizes = [len(y) for _, y in loader]
+    assert sizes == [4, 4, 2]
+    for _ in range(3):
+        order = _epoch(loader)
+        assert sorted(order) == list(range(10))
+    x, y = next(iter(loader))
+    assert torch.equal(x[:, 0].long(), y)  # rows stay paired
+
+
+def test_tensor_batch_loader_is_reproducible_and_reshuffles():
+    a = make_loader(_tensor_data(50), 8, shuffle=True, seed=3)
+    b = make_loader(_tensor_data(50), 8, shuffle=True, seed=3)
+    epochs_a = [_epoch(a) for _ in range(3)]
+    assert epochs_a == [_epoch(b) for _ in range(3)]
+    assert epochs_a[0] != epochs_a[1] != epochs_a[2]
+    assert epochs_a[0] != _epoch(make_loader(_tensor_data(50), 8, shuffle=True, seed=4))
+    a.set_epoch(1)
+    assert _epoch(a) == epochs_a[1]
+
+
+def test_tensor_batch_loader_in_order_and_drop_last():
+    ordered = make_loader(_tensor_data(), 4, shuffle=False, seed=0)
+    assert _epoch(ordered) == list(range(10)) == _epoch(ordered)
+    dropped = make_loader(_tensor_data(), 4, shuffle=True, seed=0, drop_last=True)
+    assert len(dropped) == 2 and [len(y) for _, y in dropped] == [4, 4]
+    assert len(make_loader(_tensor_data(), 4, shuffle=False, seed=0, drop_last=True)) == 2
+
+
+def test_other_datasets_get_a_seeded_dataloader():
+    subset = Subset(_tensor_data(20), range(12))
+    loader = make_loader(subset, 5, shuffle=True, seed=1)
+    assert isinstance(loader, DataLoader) and len(loader) == 3
+    first = _epoch(loader)
+    assert sorted(first) == list(range(12))
+    assert first == _epoch(make_loader(subset, 5, shuffle=True, seed=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# the real MNIST copy
+
+
+# Labels per class, from ../shared/data/README.md.
+REAL_MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+REAL_MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def _real_root() -> Path:
+    return Path(os.environ.get("SPARSENET_DATA") or REPO.parent / "shared" / "data")
+
+
+@pytest.mark.realdata
+def test_real_mnist_matches_its_readme():
+    root = _real_root()
+    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        pytest.skip(f"no MNIST copy in {root}")
+    data = build_datasets("mnist", root=str(root), download=False)
+    x, y = data.train.tensors
+    assert (len(data.train), len(data.test)) == (60000, 10000)
+    assert torch.bincount(y).tolist() == REAL_MNIST_TRAIN_COUNTS
+    assert torch.bincount(data.test.tensors[1]).tolist() == REAL_MNIST_TEST_COUNTS
+    # mean/std are the training set's own, so the normalised training set is ~ N(0, 1) overall.
+    assert x.mean().item() == pytest.approx(0.0, abs=1e-3)
+    assert x.std().item() == pytest.approx(1.0, abs=1e-3)
