@@ -40,6 +40,9 @@ def _fit(
     sched_cfg = {k: v for k, v in cfg.scheduler.items() if k != "name"}
     scheduler = make_schedule(optimizer, cfg.scheduler.name, total_steps, **sched_cfg)
     progress = bool(cfg.train.progress)
+    if regularizer is not None:
+        example = torch.zeros(1, *ctx.data.input_shape, device=ctx.device)
+        regularizer.bind(ctx.model, example)
     last: dict = {}
     for epoch in range(1, epochs + 1):
         lr_now = optimizer.param_groups[0]["lr"]

@@ -42,6 +42,11 @@ class Regularizer:
             self._model_id = id(model)
         return self._targets
 
+    def bind(self, model: nn.Module, example_input: torch.Tensor) -> None:
+        """Called before each training stage with the model as it then stands (dense, or
+        pruned before fine-tuning) and one example input, for regularizers whose groups
+        depend on the network graph. Default: nothing."""
+
     def _scale_for(self, name: str) -> float | None:
         for pattern, scale in self.layer_scales.items():
             if fnmatch.fnmatch(name, pattern):
