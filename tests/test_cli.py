@@ -30,8 +30,13 @@ def test_single_run_writes_metrics_and_a_loadable_pruned_model(tmp_path):
     # A proximal group lasso strong enough to zero part of fc1 on the learnable synthetic data
     # (2 epochs, 64 steps), weak enough that the network still learns.
     proc = _sparsenet(
-        "experiment=smoke", "regularizer.proximal=true", "regularizer.strength=0.015",
-        "train.epochs=2", "dataset.train_size=2048", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        "experiment=smoke",
+        "regularizer.proximal=true",
+        "regularizer.strength=0.015",
+        "train.epochs=2",
+        "dataset.train_size=2048",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test acc" in proc.stdout  # the closing summary line

@@ -6,7 +6,6 @@ Expected values are worked out by hand or by torchvision's own per-sample transf
 
 from __future__ import annotations
 
-import os
 import struct
 import urllib.error
 from pathlib import Path
@@ -28,7 +27,6 @@ from sparsenet.data import (
 from sparsenet.data.cifar10 import CLASSES
 from sparsenet.data.loaders import TensorBatchLoader, make_loader
 
-REPO = Path(__file__).resolve().parents[1]
 MNIST_FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -332,15 +330,9 @@ REAL_MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851,
 REAL_MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-def _real_root() -> Path:
-    return Path(os.environ.get("SPARSENET_DATA") or REPO.parent / "shared" / "data")
-
-
 @pytest.mark.realdata
-def test_real_mnist_matches_its_readme():
-    root = _real_root()
-    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
-        pytest.skip(f"no MNIST copy in {root}")
+def test_real_mnist_matches_its_readme(real_data_root):
+    root = real_data_root
     data = build_datasets("mnist", root=str(root), download=False)
     x, y = data.train.tensors
     assert (len(data.train), len(data.test)) == (60000, 10000)
