@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+
+from sparsenet.errors import UserInputError
 
 CONFIG_GROUPS = ("dataset", "model", "regularizer", "optimizer", "scheduler", "prune", "experiment")
 
@@ -33,7 +36,13 @@ def _hydra_main(cfg: DictConfig) -> dict:
     from sparsenet.report import format_stage_table
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    metrics = run_experiment(cfg, run_dir)
+    try:
+        metrics = run_experiment(cfg, run_dir)
+    except UserInputError as error:
+        if os.environ.get("SPARSENET_DEBUG"):
+            raise
+        print(f"sparsenet: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(format_stage_table(metrics))
     s = metrics["summary"]
     print(

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sparsenet.errors import ConfigError
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -24,13 +26,13 @@ def seed_everything(seed: int) -> None:
 def select_device(name: str) -> torch.device:
     """auto -> cuda when available, else cpu."""
     if name not in DEVICES and not name.startswith("cuda:"):
-        raise ValueError(
+        raise ConfigError(
             f"train.device='{name}' is not a device; allowed: {', '.join(DEVICES)}, cuda:N"
         )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"train.device='{name}' but CUDA is not available here; use auto or cpu")
+        raise ConfigError(f"train.device='{name}' but CUDA is not available here; use auto or cpu")
     return torch.device(name)
 
 

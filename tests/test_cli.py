@@ -89,9 +89,17 @@ def test_multirun_sweeps_the_strength(tmp_path):
 
 def test_missing_data_fails_with_a_clear_message(tmp_path):
     proc = _sparsenet("train.epochs=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert proc.returncode != 0
-    message = proc.stderr + proc.stdout
-    assert str(tmp_path / "no-data-here") in message and "SPARSENET_DATA" in message
+    assert proc.returncode == 2
+    assert str(tmp_path / "no-data-here") in proc.stderr and "SPARSENET_DATA" in proc.stderr
+    assert "dataset.download=true" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_value_is_named_without_a_traceback(tmp_path):
+    proc = _sparsenet("experiment=smoke", "train.device=gpu", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "sparsenet: error: train.device='gpu' is not a device; allowed: auto, cpu, cuda, cuda:N"
+    )
 
 
 def test_list_prints_the_config_choices(tmp_path):

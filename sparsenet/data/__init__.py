@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from torch.utils.data import Dataset
 
 from sparsenet._registry import Registry
+from sparsenet.errors import ConfigError, UserInputError
 
 DATASETS = Registry("dataset", __name__)
 register_dataset = DATASETS.register
@@ -33,7 +34,7 @@ class DataSplits:
     in_memory: bool  # True when train/test are TensorDatasets already normalised
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserInputError, FileNotFoundError):
     """Raised when a dataset is not where the config says; the message says how to fix it."""
 
 
@@ -50,12 +51,12 @@ def check_matches_config(
     shape error deep in the first forward pass (or, for classes, as silently wrong logits).
     """
     if num_classes is not None and int(num_classes) != data.num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"dataset.num_classes={num_classes} but the data has {data.num_classes} classes; "
             f"set dataset.num_classes={data.num_classes}"
         )
     if input_shape is not None and tuple(int(d) for d in input_shape) != tuple(data.input_shape):
-        raise ValueError(
+        raise ConfigError(
             f"dataset.input_shape={list(input_shape)} but the data gives samples of shape "
             f"{list(data.input_shape)}; set dataset.input_shape={list(data.input_shape)}"
         )

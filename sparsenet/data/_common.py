@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
 from sparsenet.data import DataNotFoundError
+from sparsenet.errors import ConfigError
 
 FORMATS = ("torchvision", "imagefolder")
 
@@ -22,7 +23,7 @@ FORMATS = ("torchvision", "imagefolder")
 def check_format(format: str, allowed: Sequence[str], dataset: str) -> None:
     """Reject a `dataset.format` the family cannot read."""
     if format not in allowed:
-        raise ValueError(
+        raise ConfigError(
             f"dataset.format='{format}' is not a format of {dataset}; allowed: {', '.join(allowed)}"
         )
 
@@ -32,7 +33,7 @@ def check_subset(n: int | None, size: int, key: str) -> int:
     if n is None:
         return size
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= size:
-        raise ValueError(
+        raise ConfigError(
             f"dataset.{key}={n!r} is out of range; allowed: an integer 1..{size} "
             f"(the split's size) or null for all samples"
         )
@@ -156,7 +157,7 @@ def load_imagefolder_pair(
         for folder, tf in zip(folders, transforms_, strict=True)
     )
     if train.classes != test.classes:
-        raise ValueError(
+        raise ConfigError(
             f"{dataset}: the class folders of {folders[0]} and {folders[1]} differ, so their "
             f"label numbers would disagree; only in {splits[0]}/: "
             f"{sorted(set(train.classes) - set(test.classes))}, only in {splits[1]}/: "

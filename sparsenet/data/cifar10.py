@@ -32,6 +32,7 @@ from sparsenet.data._common import (
     normalize,
     take_subset,
 )
+from sparsenet.errors import ConfigError
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
@@ -43,7 +44,7 @@ IMAGE_SIZE = 32
 def _check_imagefolder(train: datasets.ImageFolder) -> None:
     """The tree must have 10 classes of 32x32 images; other names only earn a warning."""
     if len(train.classes) != len(CLASSES):
-        raise ValueError(
+        raise ConfigError(
             f"cifar10: {train.root} has {len(train.classes)} class folders, expected 10 "
             f"({' '.join(CLASSES)}); for another ImageFolder tree use dataset=imagenet"
         )
@@ -57,7 +58,7 @@ def _check_imagefolder(train: datasets.ImageFolder) -> None:
     with Image.open(first) as image:
         size = image.size
     if size != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(
+        raise ConfigError(
             f"cifar10: {first} is {size[0]}x{size[1]}, expected 32x32; for other image sizes "
             f"use dataset=imagenet with dataset.image_size=..."
         )

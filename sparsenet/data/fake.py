@@ -20,6 +20,7 @@ from torch.utils.data import TensorDataset
 
 from sparsenet.data import DataSplits, register_dataset
 from sparsenet.data._common import check_subset
+from sparsenet.errors import ConfigError
 
 
 def make_prototype_data(
@@ -54,12 +55,12 @@ def fake(
     the two together).
     """
     if len(image_shape) != 3 or min(image_shape) < 1:
-        raise ValueError(f"dataset.image_shape={list(image_shape)} must be [C, H, W], all >= 1")
+        raise ConfigError(f"dataset.image_shape={list(image_shape)} must be [C, H, W], all >= 1")
     if classes < 2:
-        raise ValueError(f"dataset.classes={classes} must be at least 2")
+        raise ConfigError(f"dataset.classes={classes} must be at least 2")
     for key, size in (("train_size", train_size), ("test_size", test_size)):
         if size < 1:
-            raise ValueError(f"dataset.{key}={size} must be at least 1")
+            raise ConfigError(f"dataset.{key}={size} must be at least 1")
     train, test = make_prototype_data(image_shape, classes, (train_size, test_size), seed)
     n_train = check_subset(train_subset, train_size, "train_subset")
     n_test = check_subset(test_subset, test_size, "test_subset")

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from sparsenet.errors import ConfigError
+
 # Tensors up to this size are copied to the training device once, up front (MNIST's training set
 # is 188 MB); larger ones stay on the CPU and each batch is moved by the training loop.
 DEVICE_COPY_LIMIT_BYTES = 1 << 30
@@ -43,7 +45,7 @@ class TensorBatchLoader:
         drop_last: bool = False,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be at least 1")
+            raise ConfigError(f"batch_size={batch_size} must be at least 1")
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle

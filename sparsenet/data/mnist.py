@@ -19,6 +19,7 @@ from torchvision import datasets
 
 from sparsenet.data import DataSplits, register_dataset
 from sparsenet.data._common import check_format, check_subset, ensure_files
+from sparsenet.errors import ConfigError
 
 RAW_FILES = (
     "train-images-idx3-ubyte",
@@ -48,7 +49,7 @@ def _build(
 ) -> DataSplits:
     check_format(format, ("torchvision",), dataset)
     if augment:
-        raise ValueError(
+        raise ConfigError(
             f"dataset.augment=true is not supported for {dataset}: it is held in memory as "
             f"normalised tensors; set dataset.augment=false"
         )

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from sparsenet.errors import ConfigError
 from sparsenet.models import register_model
 
 
@@ -30,7 +31,7 @@ def lenet5(num_classes: int = 10, input_shape: Sequence[int] = (1, 28, 28)) -> n
     channels, height, width = input_shape
     h, w = _conv_pool_size(height), _conv_pool_size(width)
     if h < 1 or w < 1:
-        raise ValueError(f"lenet5 needs inputs of at least 16x16, got {height}x{width}")
+        raise ConfigError(f"lenet5 needs inputs of at least 16x16, got {height}x{width}")
     return nn.Sequential(
         OrderedDict(
             conv1=nn.Conv2d(channels, 20, kernel_size=5),

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from sparsenet.errors import ConfigError
 from sparsenet.models import register_model
 
 INITS = ("default", "paper_a")
@@ -37,7 +38,7 @@ def build_mlp(
 ) -> nn.Sequential:
     """Flatten -> [Linear -> ReLU] per hidden size -> Linear(num_classes)."""
     if init not in INITS:
-        raise ValueError(f"unknown init '{init}'; choose one of {INITS}")
+        raise ConfigError(f"unknown init '{init}'; choose one of {INITS}")
     sizes = [in_features, *hidden]
     layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), start=1):

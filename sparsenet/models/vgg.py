@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from sparsenet.errors import ConfigError
 from sparsenet.models import register_model
 
 VGG16_CFG: tuple[int | str, ...] = (
@@ -63,7 +64,7 @@ def vgg16(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32)) -> nn
     """CIFAR VGG-16-BN with a Linear(512, num_classes) head; 14,724,042 params at 10 classes."""
     channels, height, width = input_shape
     if min(height, width) < 32:
-        raise ValueError(f"vgg16 has five 2x2 max-pools and needs >= 32x32, got {height}x{width}")
+        raise ConfigError(f"vgg16 has five 2x2 max-pools and needs >= 32x32, got {height}x{width}")
     model = nn.Sequential(
         OrderedDict(
             features=make_vgg_features(VGG16_CFG, channels),

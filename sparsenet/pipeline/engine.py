@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from sparsenet.errors import ConfigError
 from sparsenet.regularizers.base import Regularizer
 
 SCHEDULES = ("cosine", "multistep", "constant")
@@ -34,7 +35,7 @@ def make_schedule(
     elif name == "constant":
         factor = lambda step: 1.0  # noqa: E731
     else:
-        raise ValueError(
+        raise ConfigError(
             f"scheduler.name='{name}' is not a schedule; allowed: {', '.join(SCHEDULES)}"
         )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

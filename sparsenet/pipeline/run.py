@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from sparsenet.checkpoint import save_pruned
 from sparsenet.data import build_datasets, check_matches_config
 from sparsenet.data.loaders import make_loader
+from sparsenet.errors import ConfigError
 from sparsenet.measure import dense_layer_units, describe_model, measure_latency_ms
 from sparsenet.models import get_model
 from sparsenet.pipeline.engine import evaluate
@@ -90,7 +91,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
     }
     for name in cfg.stages:
         if name not in STAGES:
-            raise ValueError(f"stages: '{name}' is not a stage; allowed: {', '.join(STAGES)}")
+            raise ConfigError(f"stages: '{name}' is not a stage; allowed: {', '.join(STAGES)}")
         start = time.perf_counter()
         extra = STAGES[name](ctx)
         wall = time.perf_counter() - start

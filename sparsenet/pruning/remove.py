@@ -29,6 +29,8 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from sparsenet.errors import ConfigError
+
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
 
@@ -157,7 +159,7 @@ def prune_dead_units(
     each group are kept (the ones with the largest norms).
     """
     if threshold < 0:
-        raise ValueError(f"prune.threshold={threshold} must be >= 0")
+        raise ConfigError(f"prune.threshold={threshold} must be >= 0")
     was_training = model.training
     model.eval()
     calibration = example if calibration is None else calibration
