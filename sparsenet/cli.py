@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from sparsenet.errors import UserInputError
+from sparsenet.pipeline.resume import register_resolvers
 
 CONFIG_GROUPS = ("dataset", "model", "regularizer", "optimizer", "scheduler", "prune", "experiment")
 
@@ -57,6 +58,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "list":
         print_choices()
         return
+    register_resolvers()
     _hydra_main()
 
 

@@ -8,6 +8,7 @@ Outputs in the run folder:
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from sparsenet.errors import ConfigError
 from sparsenet.measure import dense_layer_units, describe_model, measure_latency_ms
 from sparsenet.models import get_model
 from sparsenet.pipeline.engine import evaluate
+from sparsenet.pipeline.resume import completed_metrics, config_hash
 from sparsenet.pipeline.stages import STAGES, RunContext
 from sparsenet.runtime import atomic_write_bytes, atomic_write_json, seed_everything, select_device
 
@@ -80,18 +82,24 @@ def _measure(ctx: RunContext, dense_units: dict[str, int]) -> dict:
 def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run the stages named in cfg.stages and return the metrics written to metrics.json."""
     run_dir = Path(run_dir)
+    unknown = [name for name in cfg.stages if name not in STAGES]
+    if unknown:
+        raise ConfigError(f"stages: {unknown} are not stages; allowed: {', '.join(STAGES)}")
+    chash = config_hash(cfg)
+    previous = _previous_run(run_dir / METRICS_FILE, chash, bool(cfg.resume))
+    if previous is not None:
+        return previous
     ctx = build_context(cfg, run_dir)
     dense_units = dense_layer_units(ctx.model)
     metrics: dict = {
         "status": "running",
+        "config_hash": chash,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "regularizer": ctx.regularizer.describe(),
         "device": str(ctx.device),
         "stages": {},
     }
     for name in cfg.stages:
-        if name not in STAGES:
-            raise ConfigError(f"stages: '{name}' is not a stage; allowed: {', '.join(STAGES)}")
         start = time.perf_counter()
         extra = STAGES[name](ctx)
         wall = time.perf_counter() - start
@@ -106,6 +114,29 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
     save_pruned(ctx.model.cpu(), run_dir / "model", _model_kwargs(cfg))
     atomic_write_json(run_dir / METRICS_FILE, metrics)
     return metrics
+
+
+def _previous_run(metrics_file: Path, chash: str, resume: bool) -> dict | None:
+    """The completed metrics to return instead of running again, if any.
+
+    A folder that holds another config's run (the YAML defaults changed since, say) is not
+    overwritten unless resume=false."""
+    if not resume or not metrics_file.is_file():
+        return None
+    done = completed_metrics(metrics_file, chash)
+    if done is not None:
+        print(f"already completed with this config: {metrics_file} (resume=false runs it again)")
+        return done
+    try:
+        other = json.loads(metrics_file.read_text()).get("config_hash")
+    except (OSError, ValueError):
+        other = None
+    if other is not None and other != chash:
+        raise ConfigError(
+            f"{metrics_file.parent} holds a run of another config (hash {other}, this one "
+            f"{chash}); choose a new folder with name=... or overwrite it with resume=false"
+        )
+    return None
 
 
 def summarize(stages: dict) -> dict:

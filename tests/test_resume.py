@@ -1,0 +1,65 @@
+"""The same command twice finds its own run folder and does not run again."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from sparsenet.pipeline.resume import config_hash, run_dirname
+
+QUICK = ("experiment=smoke", "train.epochs=1", "finetune.epochs=0", "train.progress=false")
+
+
+def _sparsenet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sparsenet", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_run_dirname_is_sorted_safe_and_bounded():
+    assert run_dirname([]) == "defaults"
+    assert run_dirname(["seed=1", "model=vgg16", "dataset.root=/x/y", "train.progress=false"]) == (
+        "model=vgg16,seed=1"
+    )
+    assert run_dirname(["regularizer.layers={a/b:null}"]) == "regularizer.layers={a_b:null}"
+    long = run_dirname([f"k{i}=v" for i in range(60)])
+    assert len(long) == 120 and long != run_dirname([f"k{i}=w" for i in range(60)])
+
+
+def test_config_hash_ignores_where_data_lives_but_not_what_is_computed():
+    base = {"dataset": {"root": "/a", "name": "mnist"}, "seed": 0, "train": {"progress": True}}
+    moved = {"dataset": {"root": "/b", "name": "mnist"}, "seed": 0, "train": {"progress": False}}
+    reseeded = {"dataset": {"root": "/a", "name": "mnist"}, "seed": 1, "train": {"progress": True}}
+    assert config_hash(base) == config_hash(moved)
+    assert config_hash(base) != config_hash(reseeded)
+
+
+def test_second_identical_command_skips_the_completed_run(tmp_path):
+    first = _sparsenet(*QUICK, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    metrics_file = next((tmp_path / "outputs" / "runs" / "smoke").glob("*/metrics.json"))
+    before = metrics_file.stat().st_mtime_ns
+
+    again = _sparsenet(*QUICK, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already completed" in again.stdout
+    assert metrics_file.stat().st_mtime_ns == before
+
+    rerun = _sparsenet(*QUICK, "resume=false", cwd=tmp_path)
+    assert rerun.returncode == 0 and "already completed" not in rerun.stdout
+    assert metrics_file.stat().st_mtime_ns > before
+
+
+def test_a_folder_holding_another_config_is_not_overwritten(tmp_path):
+    run_dir = tmp_path / "run"
+    assert _sparsenet(*QUICK, f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
+    kept = (run_dir / "metrics.json").read_text()
+    clash = _sparsenet(*QUICK, "seed=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert clash.returncode == 2
+    assert "holds a run of another config" in clash.stderr and "Traceback" not in clash.stderr
+    assert (run_dir / "metrics.json").read_text() == kept
+    assert json.loads(kept)["config"]["seed"] == 0
