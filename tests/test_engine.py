@@ -1,0 +1,76 @@
+"""The training loop: one epoch on data a linear model must learn, and the device settings."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from sparsenet.data.loaders import make_loader
+from sparsenet.pipeline.engine import StepSettings, evaluate, make_schedule, train_epoch
+
+
+def _separable(n: int = 512):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, 4, 4, generator=g)
+    y = (x.flatten(1).sum(1) > 0).long()  # a linear rule: learnable to ~100%
+    return TensorDataset(x, y)
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2))
+
+
+@pytest.mark.parametrize("settings", [StepSettings(), StepSettings(amp=True, channels_last=True)])
+def test_training_learns_a_linear_rule(settings):
+    model, data = _model(), _separable()
+    loader = make_loader(data, 32, shuffle=True, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    cpu = torch.device("cpu")
+    for _ in range(5):
+        stats = train_epoch(
+            model, loader, optimizer, None, None, cpu, progress=False, settings=settings
+        )
+    assert stats["train_acc"] > 90
+    assert (
+        evaluate(model, make_loader(data, 100, shuffle=False, seed=0), cpu, settings)["test_acc"]
+        > 90
+    )
+
+
+def test_schedules_by_hand():
+    opt = torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1.0)
+    cosine = make_schedule(opt, "cosine", 4)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        cosine.step()
+    # 0.5 (1 + cos(pi t / 4)) for t = 0..3
+    assert lrs == pytest.approx([1.0, 0.853553, 0.5, 0.146447], abs=1e-6)
+
+    opt = torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1.0)
+    multistep = make_schedule(opt, "multistep", 8, milestones=[0.5, 0.75], gamma=0.1)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        multistep.step()
+    assert lrs == pytest.approx([1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_diverging_loss_is_reported():
+    model, data = _model(), _separable(64)
+    with torch.no_grad():
+        model[3].weight.fill_(float("nan"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(FloatingPointError, match="training loss became nan"):
+        train_epoch(
+            model,
+            make_loader(data, 32, shuffle=False, seed=0),
+            optimizer,
+            None,
+            None,
+            torch.device("cpu"),
+            progress=False,
+        )
