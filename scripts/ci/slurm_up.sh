@@ -22,7 +22,8 @@ mem_mb=$(( $(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo) - 2048 ))
 mkdir -p /etc/munge /var/log/munge /run/munge /var/lib/munge \
   /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 [ -f /etc/munge/munge.key ] || mungekey -c -f -k /etc/munge/munge.key
-chown -R munge:munge /etc/munge /var/log/munge /run/munge /var/lib/munge 2>/dev/null || true
+# munged runs as root here (--force), and checks that its files are root's.
+chown -R root:root /etc/munge /var/log/munge /run/munge /var/lib/munge
 chmod 0400 /etc/munge/munge.key
 
 cat > /etc/slurm/slurm.conf <<CONF
