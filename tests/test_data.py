@@ -341,3 +341,20 @@ def test_real_mnist_matches_its_readme(real_data_root):
     # mean/std are the training set's own, so the normalised training set is ~ N(0, 1) overall.
     assert x.mean().item() == pytest.approx(0.0, abs=1e-3)
     assert x.std().item() == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_epoch_order_depends_only_on_seed_and_epoch(in_memory):
+    data = TensorDataset(torch.arange(20).float().unsqueeze(1), torch.arange(20))
+    if not in_memory:
+        data = Subset(data, range(20))  # not a TensorDataset: goes through the DataLoader path
+
+    def labels(loader):
+        return torch.cat([batch[1] for batch in loader]).tolist()
+
+    straight = make_loader(data, 6, shuffle=True, seed=3)
+    epochs = [labels(straight) for _ in range(3)]
+    assert epochs[0] != epochs[2] and sorted(epochs[2]) == list(range(20))
+    resumed = make_loader(data, 6, shuffle=True, seed=3)
+    resumed.set_epoch(2)
+    assert labels(resumed) == epochs[2]

@@ -8,8 +8,9 @@ operation on the stacked tensors (held on the training device when they are smal
 
 Reproducibility: the slicer draws each epoch's order with `torch.randperm` from a generator
 seeded with seed + epoch, so a run's batch order depends only on the seed (not on the global
-RNG, which the model's initialisation also consumes). The DataLoader gets a generator seeded
-with `seed`, which also seeds its workers' augmentation RNGs.
+RNG, which the model's initialisation also consumes). The DataLoader's generator is re-seeded
+with seed + epoch at the start of each epoch (it also seeds the workers); both loaders have
+`set_epoch`, so a resumed run sees the batches an uninterrupted one would have seen.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def make_loader(
     device: torch.device | str = "cpu",
     pin_memory: bool = False,
     drop_last: bool = False,
-) -> TensorBatchLoader | DataLoader:
+) -> TensorBatchLoader | EpochSeededDataLoader:
     """A TensorBatchLoader for an in-memory TensorDataset, else a seeded DataLoader.
 
     num_workers and pin_memory apply to the DataLoader only (an in-memory dataset needs no
@@ -101,13 +102,31 @@ def make_loader(
         return TensorBatchLoader(
             dataset, batch_size, shuffle=shuffle, seed=seed, device=device, drop_last=drop_last
         )
-    return DataLoader(
+    return EpochSeededDataLoader(
         dataset,
+        seed=seed,
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=pin_memory,
         drop_last=drop_last,
-        generator=torch.Generator().manual_seed(seed),
     )
+
+
+class EpochSeededDataLoader(DataLoader):
+    """A DataLoader whose shuffle order and worker seeds for epoch e come from seed + e alone,
+    so a run resumed at epoch e sees the batches an uninterrupted run would have seen."""
+
+    def __init__(self, dataset: Dataset, *, seed: int, **kwargs) -> None:
+        super().__init__(dataset, generator=torch.Generator().manual_seed(seed), **kwargs)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        return super().__iter__()
