@@ -34,7 +34,7 @@ def print_choices() -> None:
 @hydra.main(version_base="1.3", config_path="pkg://sparsenet.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> dict:
     from sparsenet.pipeline import run_experiment
-    from sparsenet.report import format_stage_table
+    from sparsenet.reporting import format_stage_table
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:

@@ -36,6 +36,21 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_num_threads(requested: int | None = None) -> int:
+    """Torch's intra-op threads for this run. Unset under a parallel launcher (which exports
+    SPARSENET_PARALLEL_JOBS=n): cores // n, so parallel runs do not oversubscribe the cores."""
+    if requested is None:
+        jobs = int(os.environ.get("SPARSENET_PARALLEL_JOBS") or 0)
+        if jobs == 0:
+            return torch.get_num_threads()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        requested = max(1, (cores or 1) // jobs) if jobs > 0 else 1  # n_jobs=-1: a job per core
+    if int(requested) < 1:
+        raise ConfigError(f"train.num_threads={requested} must be >= 1 (or null)")
+    torch.set_num_threads(int(requested))
+    return int(requested)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
     path = Path(path)

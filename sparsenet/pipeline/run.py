@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 import pandas as pd
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sparsenet.checkpoint import save_pruned
@@ -25,7 +26,13 @@ from sparsenet.models import get_model
 from sparsenet.pipeline.engine import evaluate
 from sparsenet.pipeline.resume import completed_metrics, config_hash
 from sparsenet.pipeline.stages import STAGES, RunContext
-from sparsenet.runtime import atomic_write_bytes, atomic_write_json, seed_everything, select_device
+from sparsenet.runtime import (
+    atomic_write_bytes,
+    atomic_write_json,
+    seed_everything,
+    select_device,
+    set_num_threads,
+)
 
 METRICS_FILE = "metrics.json"
 
@@ -35,6 +42,7 @@ def _model_kwargs(cfg: DictConfig) -> dict:
 
 
 def build_context(cfg: DictConfig, run_dir: Path) -> RunContext:
+    set_num_threads(cfg.train.get("num_threads"))
     seed_everything(int(cfg.seed))
     device = select_device(str(cfg.train.device))
     dataset_options = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -97,6 +105,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
         "config": OmegaConf.to_container(cfg, resolve=True),
         "regularizer": ctx.regularizer.describe(),
         "device": str(ctx.device),
+        "num_threads": torch.get_num_threads(),
         "stages": {},
     }
     for name in cfg.stages:

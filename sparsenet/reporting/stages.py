@@ -1,4 +1,4 @@
-"""Results tables from `metrics.json` files."""
+"""The stage table of one run: what `sparsenet` prints when a run ends."""
 
 from __future__ import annotations
 
