@@ -20,21 +20,23 @@ def count_nonzero_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of the Conv2d and Linear layers for one sample.
+def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Multiply-accumulates of each Conv2d and Linear layer for one sample, by layer name.
 
-    Conv2d: output elements * (C_in / groups) * kh * kw; Linear: n_in * n_out. Bias adds,
-    activations, pooling and BatchNorm are not counted (they are foldable or negligible).
+    Conv2d: output elements * (C_in / groups) * kh * kw; Linear: n_in * n_out (per output
+    row). Bias adds, activations, pooling, BatchNorm and the border add of a FoldedConv2d
+    are not counted (they are foldable or element-wise).
     """
-    total = 0
+    names = {m: n for n, m in model.named_modules()}
+    macs: dict[str, int] = {n: 0 for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
 
     def hook(module, args, output):
-        nonlocal total
         if isinstance(module, nn.Conv2d):
             kh, kw = module.kernel_size
-            total += output[0].numel() * (module.in_channels // module.groups) * kh * kw
+            count = output[0].numel() * (module.in_channels // module.groups) * kh * kw
         else:
-            total += output[0].numel() * module.in_features
+            count = output[0].numel() * module.in_features
+        macs[names[module]] += int(count)
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, LAYER_TYPES)]
     was_training = model.training
@@ -46,24 +48,40 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return int(total)
+    return macs
 
 
-def layer_units(model: nn.Module, dense_units: dict[str, int] | None = None) -> list[dict]:
-    """Per Conv/Linear layer: units (filters / neurons) kept and total, and zero weights."""
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of the Conv2d and Linear layers for one sample (see layer_macs)."""
+    return int(sum(layer_macs(model, input_shape).values()))
+
+
+def layer_units(
+    model: nn.Module,
+    dense_units: dict[str, int] | None = None,
+    macs: dict[str, int] | None = None,
+) -> list[dict]:
+    """Per Conv/Linear layer: units (filters / neurons) kept and total, parameters (weight
+    and bias), MACs per sample (if `macs` is given), zero weights and weight sparsity."""
     rows = []
     for name, module in model.named_modules():
         if isinstance(module, LAYER_TYPES):
             units = module.weight.shape[0]
-            rows.append(
-                {
-                    "name": name,
-                    "units_kept": int(units),
-                    "units_total": int((dense_units or {}).get(name, units)),
-                    "weights": int(module.weight.numel()),
-                    "zero_weights": int((module.weight.detach() == 0).sum()),
-                }
-            )
+            weights = int(module.weight.numel())
+            zeros = int((module.weight.detach() == 0).sum())
+            bias = 0 if module.bias is None else int(module.bias.numel())
+            row = {
+                "name": name,
+                "units_kept": int(units),
+                "units_total": int((dense_units or {}).get(name, units)),
+                "params": weights + bias,
+                "weights": weights,
+                "zero_weights": zeros,
+                "weight_sparsity": round(zeros / weights, 6) if weights else 0.0,
+            }
+            if macs is not None:
+                row["macs"] = int(macs.get(name, 0))
+            rows.append(row)
     return rows
 
 
@@ -102,12 +120,14 @@ def measure_latency_ms(
 def describe_model(
     model: nn.Module, input_shape: tuple[int, ...], dense_units: dict[str, int]
 ) -> dict:
+    """Whole-model and per-layer size, cost and sparsity (no latency: see measure_latency_ms)."""
     params = count_params(model)
     nonzero = count_nonzero_params(model)
+    macs = layer_macs(model, input_shape)
     return {
         "params": params,
         "nonzero_params": nonzero,
         "weight_sparsity": round(1 - nonzero / params, 6) if params else 0.0,
-        "macs": count_macs(model, input_shape),
-        "layers": layer_units(model, dense_units),
+        "macs": int(sum(macs.values())),
+        "layers": layer_units(model, dense_units, macs),
     }

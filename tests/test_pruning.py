@@ -4,9 +4,19 @@ zeroes, not read back from the pruner."""
 
 import pytest
 import torch
+from hydra import compose, initialize_config_module
 from torch import nn
 
-from sparsenet.pruning import prune_dead_units, unit_norms
+from sparsenet.cli import config_choices
+from sparsenet.errors import ConfigError
+from sparsenet.measure import count_macs
+from sparsenet.pruning import (
+    FoldedConv2d,
+    PruneSettings,
+    prune_dead_units,
+    prune_units,
+    unit_norms,
+)
 
 
 def _randomize_batchnorm(model: nn.Module) -> None:
@@ -123,3 +133,235 @@ def test_unit_norms_by_hand():
     # unit 0: incoming (3, 4) -> 5, outgoing 0; unit 1: incoming (1, 0) -> 1, outgoing 2
     assert in_norm.tolist() == pytest.approx([5.0, 1.0])
     assert out_norm.tolist() == pytest.approx([0.0, 2.0])
+
+
+# --- exact folding into zero-padded convs ------------------------------------------------
+
+
+def _producer_consumer(**consumer_geometry) -> nn.Sequential:
+    """conv (3 -> 6) -> ReLU -> conv (6 -> 4) with the given geometry; the second is the
+    output layer, so only the first one's units can go."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, **consumer_geometry)
+    )
+    with torch.no_grad():
+        model[0].weight[[1, 4]] = 0  # constant channels: relu(bias) = 0.7 and 0.3
+        model[0].bias[[1, 4]] = torch.tensor([0.7, 0.3])
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        {"padding": 1},
+        {"padding": 1, "stride": 2},
+        {"padding": 2, "dilation": 2},
+        {"padding": (0, 2), "stride": (2, 1)},
+        {"padding": "same"},
+        {"padding": 1, "padding_mode": "reflect"},  # constant stays constant: bias fold only
+    ],
+    ids=["pad1", "stride2", "dilated", "asymmetric", "same", "reflect"],
+)
+def test_constant_channels_fold_exactly_into_a_padded_conv_at_any_input_size(geometry):
+    model = _producer_consumer(**geometry)
+    sizes = [(9, 11), (8, 8), (5, 7)]
+    inputs = [torch.randn(2, 3, *size) for size in sizes]
+    with torch.no_grad():
+        expected = [model(x) for x in inputs]
+
+    result = prune_dead_units(model, inputs[0][:1], threshold=0.0, calibration=inputs[0])
+
+    assert model[0].out_channels == 4 and model[2].in_channels == 4
+    assert result.folded == ([] if "padding_mode" in geometry else ["2"])
+    with torch.no_grad():
+        for x, want in zip(inputs, expected, strict=True):
+            torch.testing.assert_close(model(x), want, atol=1e-5, rtol=0)
+
+
+def test_bias_only_fold_is_exact_inside_and_reports_its_border_error():
+    model = _producer_consumer(padding=1)
+    x = torch.randn(4, 3, 10, 10)
+    with torch.no_grad():
+        expected = model(x)
+
+    result = prune_dead_units(model, x[:1], threshold=0.0, calibration=x, fold="bias")
+
+    assert result.folded == [] and not isinstance(model[2], FoldedConv2d)
+    with torch.no_grad():
+        deviation = (model(x) - expected).abs()
+    # interior positions (the 3x3 window fully inside) are exact, the border is not
+    assert float(deviation[..., 1:-1, 1:-1].max()) < 1e-5
+    assert float(deviation.max()) > 1e-2
+    assert result.fold_error["2"] == pytest.approx(float(deviation.max()), rel=1e-4)
+
+
+def _three_convs() -> nn.Sequential:
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 5, 3, padding=1),
+        nn.BatchNorm2d(5),
+        nn.ReLU(),
+        nn.Conv2d(5, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 3),
+    )
+    _randomize_batchnorm(model)
+    return model.eval()
+
+
+def test_pruning_again_updates_and_slices_existing_fold_kernels():
+    model = _three_convs()
+    x = torch.randn(8, 2, 6, 6)
+
+    with torch.no_grad():
+        model[0].weight[2] = 0  # round 1: conv2 becomes a FoldedConv2d
+        expected = model(x)
+    assert prune_dead_units(model, x[:1], 0.0, calibration=x).folded == ["3"]
+    assert isinstance(model[3], FoldedConv2d) and model[3].fold_kernel.shape == (5, 1, 3, 3)
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
+
+    with torch.no_grad():
+        model[0].weight[0] = 0  # round 2: folds into the existing fold kernel
+        model[6].weight[:, 1] = 0  # nothing leaves conv2's unit 1: its row of K goes too
+        expected = model(x)
+    result = prune_dead_units(model, x[:1], 0.0, calibration=x)
+    assert result.folded == []  # conv2 already is a FoldedConv2d
+    assert (model[0].out_channels, model[3].in_channels, model[3].out_channels) == (4, 4, 4)
+    assert model[3].fold_kernel.shape == (4, 1, 3, 3) and model[4].num_features == 4
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
+
+
+def test_a_zeroed_folded_conv_unit_is_not_dead_while_its_border_term_remains():
+    model = _three_convs()
+    x = torch.randn(8, 2, 6, 6)
+    with torch.no_grad():
+        model[0].weight[2] = 0
+    prune_dead_units(model, x[:1], 0.0, calibration=x)
+    with torch.no_grad():
+        model[3].weight[0] = 0  # zero weights, but its output still varies at the borders
+    in_norm, _ = unit_norms(model, x[:1])["3"]
+    assert float(in_norm[0]) == pytest.approx(float(model[3].fold_kernel[0].norm()), rel=1e-6)
+    assert prune_dead_units(model, x[:1], 0.0, calibration=x).removed == {}
+
+
+# --- criteria ------------------------------------------------------------------------------
+
+
+def _two_hidden_layers() -> nn.Sequential:
+    """3 -> 4 -> 5 -> 2 with unit scores set by hand.
+
+    hidden-1: incoming row norms a = (4, 1, 2, 3); outgoing column norms of W2 are all
+      sqrt((10^2 + 2^2 + 4^2 + 6^2 + 8^2) / 4) = sqrt(55) > 4, so scores = a,
+      relative scores (/ 4) = (1, .25, .5, .75).
+    hidden-2: incoming row norms r = (10, 2, 4, 6, 8); outgoing columns of W3 = 5 * ones:
+      norm sqrt(50) = 7.07, so scores = (7.07, 2, 4, 6, 7.07), relative = (1, .283, .566,
+      .849, 1).
+    MACs: 3*4 + 4*5 + 5*2 = 42.
+    """
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[4.0, 0, 0], [0, 1, 0], [0, 0, 2], [3, 0, 0]]))
+        rows = torch.tensor([10.0, 2, 4, 6, 8])
+        model[2].weight.copy_((rows / 2)[:, None].expand(5, 4))
+        model[4].weight.fill_(5.0)
+    return model.eval()
+
+
+def _widths(model: nn.Sequential) -> tuple[int, int]:
+    return model[0].out_features, model[2].out_features
+
+
+@pytest.mark.parametrize(("relative", "widths"), [(0.1, (4, 5)), (0.3, (3, 4)), (0.6, (2, 3))])
+def test_relative_threshold_is_a_fraction_of_the_groups_largest_score(relative, widths):
+    # limits: hidden-1 0.4 / 1.2 / 2.4 of 4 (scores 4, 1, 2, 3);
+    #         hidden-2 0.71 / 2.12 / 4.24 of 7.07 (scores 7.07, 2, 4, 6, 7.07)
+    model = _two_hidden_layers()
+    settings = PruneSettings(criterion="relative", relative=relative, threshold=0.0)
+    prune_units(model, torch.randn(4, 3), settings)
+    assert _widths(model) == widths
+
+
+def test_ratio_of_units_removes_the_smallest_relative_scores_across_layers():
+    # 9 units, ratio 0.4 -> at least 3.6: 4 units, in order h1u1 .25, h2u1 .283, h1u2 .5,
+    # h2u2 .566
+    model = _two_hidden_layers()
+    result = prune_units(model, torch.randn(4, 3), PruneSettings(criterion="ratio", ratio=0.4))
+    assert (result.units_total, result.units_removed) == (9, 4)
+    assert result.removed == {"0": [1, 2], "2": [1, 2]}
+    assert result.cut == pytest.approx(4 / (50**0.5))
+
+
+@pytest.mark.parametrize(
+    ("scope", "removed"),
+    [
+        # 0.3 * 9 = 2.7 -> 3 units. global: h1u1 .25, h2u1 .283, h1u2 .5.
+        ("global", {"0": [1, 2], "2": [1]}),
+        # layer: rank fractions h2u1 1/5, h1u1 1/4, h2u2 2/5 (then h1u2 2/4, ...).
+        ("layer", {"0": [1], "2": [1, 2]}),
+    ],
+)
+def test_ratio_scope_orders_units_globally_or_layer_by_layer(scope, removed):
+    model = _two_hidden_layers()
+    settings = PruneSettings(criterion="ratio", ratio=0.3, scope=scope)
+    assert prune_units(model, torch.randn(4, 3), settings).removed == removed
+
+
+@pytest.mark.parametrize(("ratio", "removed", "macs_left"), [(0.45, 3, 22), (0.5, 4, 18)])
+def test_ratio_of_macs_counts_each_removal_against_what_is_left(ratio, removed, macs_left):
+    # Removing h1u1 saves 3 (its row) + 5 (its column in W2) = 8; h2u1: 3 + 2 = 5 (13);
+    # h1u2: 3 + 4 = 7 (20 >= 0.45 * 42 = 18.9: stop); h2u2: 2 + 2 = 4 (24 >= 21: stop).
+    model = _two_hidden_layers()
+    settings = PruneSettings(criterion="ratio", ratio=ratio, target="macs")
+    result = prune_units(model, torch.randn(4, 3), settings)
+    assert result.units_removed == removed
+    assert (result.macs_total, result.macs_removed) == (42, 42 - macs_left)
+    assert count_macs(model, (3,)) == macs_left
+
+
+def test_ratio_never_takes_a_layer_below_min_units():
+    model = _two_hidden_layers()
+    settings = PruneSettings(criterion="ratio", ratio=0.99, min_units=2)
+    result = prune_units(model, torch.randn(4, 3), settings)
+    assert _widths(model) == (2, 2)
+    # hidden-1 keeps its two largest (units 0 and 3); hidden-2 its two relative-1 units
+    assert result.removed == {"0": [1, 2], "2": [1, 2, 3]}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("criterion", "median", r"prune.criterion='median' is not allowed; allowed: threshold"),
+        ("threshold", -0.5, r"prune.threshold=-0.5 is out of range; allowed: 0 <= threshold"),
+        ("relative", 1.5, r"prune.relative=1.5 is out of range; allowed: 0 <= relative <= 1"),
+        ("ratio", 1.0, r"prune.ratio=1.0 is out of range; allowed: 0 <= ratio < 1"),
+        ("target", "flops", r"prune.target='flops' is not allowed; allowed: units, macs"),
+        ("min_units", 0, r"prune.min_units=0 must be an integer >= 1"),
+        ("fold", "none", r"prune.fold='none' is not allowed; allowed: exact, bias"),
+        ("scope", "local", r"prune.scope='local' is not allowed; allowed: global, layer"),
+        ("calibration_samples", 2.5, r"prune.calibration_samples=2.5 must be an integer >= 1"),
+        ("ratio", "half", r"prune.ratio='half' must be a number; allowed: 0 <= ratio < 1"),
+    ],
+)
+def test_bad_settings_are_refused_naming_key_value_and_range(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        PruneSettings(**{key: value})
+
+
+def test_unknown_setting_is_refused():
+    with pytest.raises(ConfigError, match=r"prune.treshold is not a pruning setting; allowed:"):
+        PruneSettings.from_config({"treshold": 0.1})
+
+
+@pytest.mark.parametrize("name", config_choices("prune"))
+def test_every_prune_config_is_valid(name):
+    with initialize_config_module(config_module="sparsenet.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"prune={name}"])
+    settings = PruneSettings.from_config(cfg.prune)
+    assert settings.criterion == name
+    assert settings.threshold == cfg.prune.threshold  # the absolute floor, in every mode

@@ -13,8 +13,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from sparsenet.data import DataSplits
+from sparsenet.errors import ConfigError
 from sparsenet.pipeline.engine import evaluate, make_schedule, train_epoch
-from sparsenet.pruning import prune_dead_units
+from sparsenet.pruning import PruneSettings, prune_units
 from sparsenet.regularizers.base import Regularizer
 
 
@@ -32,10 +33,20 @@ class RunContext:
 
 
 def _fit(
-    ctx: RunContext, stage: str, epochs: int, lr: float, regularizer: Regularizer | None
+    ctx: RunContext,
+    stage: str,
+    epochs: int,
+    lr: float,
+    regularizer: Regularizer | None,
+    *,
+    optimizer_cfg: DictConfig | None = None,
 ) -> dict:
+    """Train `epochs` epochs; the optimizer is `optimizer_cfg` (default: cfg.optimizer) with
+    learning rate `lr`, the schedule cfg.scheduler over this stage's steps."""
     cfg = ctx.cfg
-    optimizer = hydra.utils.instantiate(cfg.optimizer, lr=lr)(ctx.model.parameters())
+    optimizer = hydra.utils.instantiate(optimizer_cfg or cfg.optimizer, lr=lr, _partial_=True)(
+        ctx.model.parameters()
+    )
     total_steps = epochs * len(ctx.train_loader)
     sched_cfg = {k: v for k, v in cfg.scheduler.items() if k != "name"}
     scheduler = make_schedule(optimizer, cfg.scheduler.name, total_steps, **sched_cfg)
@@ -77,34 +88,99 @@ def train_stage(ctx: RunContext) -> dict:
 
 
 def _calibration_batch(ctx: RunContext, size: int) -> torch.Tensor:
+    """`size` training samples drawn with the run's seed (the same ones on every rerun)."""
     data = ctx.data.train
     n = min(size, len(data))
-    return torch.stack([data[i][0] for i in range(n)]).to(ctx.device)
+    generator = torch.Generator().manual_seed(int(ctx.cfg.seed))
+    order = torch.randperm(len(data), generator=generator)[:n].sort().values.tolist()
+    return torch.stack([data[i][0] for i in order]).to(ctx.device)
 
 
 def prune_stage(ctx: RunContext) -> dict:
-    """Physically remove units whose coupled group norm is at or below prune.threshold."""
-    cfg = ctx.cfg.prune
-    calibration = _calibration_batch(ctx, int(cfg.calibration_samples))
-    result = prune_dead_units(
-        ctx.model,
-        calibration[:1],
-        float(cfg.threshold),
-        calibration=calibration,
-        min_units=int(cfg.min_units),
-    )
-    return {
-        "threshold": float(cfg.threshold),
+    """Remove the units chosen by prune.criterion (see sparsenet.pruning.criteria), folding
+    their contribution into the consumers (prune.fold)."""
+    settings = PruneSettings.from_config(ctx.cfg.prune)
+    calibration = _calibration_batch(ctx, settings.calibration_samples)
+    result = prune_units(ctx.model, calibration[:1], settings, calibration=calibration)
+    figures = {
+        "criterion": settings.criterion,
+        "threshold": settings.threshold,
         "removed_units": {k: len(v) for k, v in result.removed.items()},
+        "units_removed": result.units_removed,
+        "units_total": result.units_total,
+        "folded_layers": result.folded,
         "fold_error": result.fold_error,
     }
+    if settings.criterion == "relative":
+        figures["relative"] = settings.relative
+    if settings.criterion == "ratio":
+        figures.update(
+            target=settings.target, ratio=settings.ratio, scope=settings.scope, cut=result.cut
+        )
+    return figures
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """The `finetune` config group, validated. `optimizer` None: the training optimizer
+    config (cfg.optimizer); `lr` None: that optimizer config's own lr."""
+
+    epochs: int
+    lr: float
+    regularize: bool
+    optimizer: DictConfig
+
+
+def finetune_settings(cfg: DictConfig) -> FinetuneSettings:
+    ft = cfg.finetune
+    epochs = ft.get("epochs")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ConfigError(f"finetune.epochs={epochs!r} must be an integer >= 0")
+    optimizer = ft.get("optimizer")
+    if optimizer is None:
+        optimizer = cfg.optimizer
+    elif not isinstance(optimizer, DictConfig) or "_target_" not in optimizer:
+        raise ConfigError(
+            f"finetune.optimizer={optimizer!r} must be null (the training optimizer) or an "
+            "optimizer config with _target_ (e.g. torch.optim.SGD)"
+        )
+    lr = ft.get("lr")
+    if lr is None:
+        lr = optimizer.get("lr")
+        if lr is None:
+            raise ConfigError(
+                "finetune.lr=null takes the optimizer config's lr, but it has none; set "
+                "finetune.lr to a number > 0"
+            )
+    try:
+        lr = float(lr)
+    except (TypeError, ValueError):
+        raise ConfigError(f"finetune.lr={lr!r} must be a number > 0 (or null)") from None
+    if not lr > 0:
+        raise ConfigError(f"finetune.lr={lr} must be > 0 (or null: the optimizer's lr)")
+    regularize = ft.get("regularize", False)
+    if not isinstance(regularize, bool):
+        raise ConfigError(f"finetune.regularize={regularize!r} must be true or false")
+    return FinetuneSettings(epochs, lr, regularize, optimizer)
+
+
+def check_stage_configs(cfg: DictConfig) -> None:
+    """Validate the prune and finetune groups up front (before hours of training)."""
+    if "prune" in cfg.stages:
+        PruneSettings.from_config(cfg.prune)
+    if "finetune" in cfg.stages:
+        finetune_settings(cfg)
 
 
 def finetune_stage(ctx: RunContext) -> dict:
-    """Retrain the narrow model; the regularizer stays on only if finetune.regularize."""
-    cfg = ctx.cfg.finetune
-    regularizer = ctx.regularizer if cfg.regularize else None
-    return _fit(ctx, "finetune", int(cfg.epochs), float(cfg.lr), regularizer)
+    """Retrain the narrow model with its own optimizer settings; the regularizer stays on
+    only if finetune.regularize."""
+    settings = finetune_settings(ctx.cfg)
+    regularizer = ctx.regularizer if settings.regularize else None
+    figures = _fit(
+        ctx, "finetune", settings.epochs, settings.lr, regularizer, optimizer_cfg=settings.optimizer
+    )
+    return {**figures, "lr": settings.lr, "optimizer": str(settings.optimizer["_target_"])}
 
 
 STAGES = {"train": train_stage, "prune": prune_stage, "finetune": finetune_stage}

@@ -1,23 +1,31 @@
-"""Physical removal of dead units, with their constant contribution folded into consumers.
+"""Physical removal of units, with their contribution folded into the consumers.
 
 A *unit* is one out-channel (Conv2d) or out-feature (Linear) of a hidden layer, together with
 everything torch-pruning's DependencyGraph couples to it: BatchNorm entries, the consumers'
-input columns (through Flatten, residual adds, ...), and coupled producers. The network's
-output layer is never pruned.
+input columns (through Flatten, pooling, residual adds, ...) and coupled producers (every
+conv writing into the same residual stream: a stage's channels go together or not at all).
+The network's output layer is never pruned.
 
 Per unit u, over the full coupled group:
-    in_norm(u)  = sqrt(sum over producers p of ||W_p[u, ...]||^2)      (incoming weights)
+    in_norm(u)  = sqrt(sum over producers p of ||W_p[u, ...]||^2 + ||K_p[u]||^2)  (incoming)
     out_norm(u) = sqrt(sum over consumers q of ||W_q[:, idx(u), ...]||^2) (outgoing weights)
-u is dead when min(in_norm, out_norm) <= threshold: either nothing reaches it (its output is a
-constant, e.g. act(bias) or a BatchNorm shift) or nothing leaves it.
+    score(u)    = min(in_norm, out_norm)
+(K_p: the fold kernel of a producer that is already a FoldedConv2d, else 0: its border term
+makes the unit's output vary over positions, so the unit is not dead while K_p[u] != 0.)
+which units go is decided by `criteria.select_units` (threshold, relative or ratio).
 
-Folding (why the function does not change): before removal, each consumer q receives the
-removed inputs' mean value x̄ (measured on calibration data in eval mode) as a bias shift
-    b_q += W_q[:, removed] * x̄[removed]   (Linear; for Conv2d the conv of the masked x̄,
-                                           averaged over output positions)
-This is exact when the removed inputs are constant (dead incoming weights) or their outgoing
-weights are zero. With zero padding, a constant map does not give a constant conv output at
-the borders; the largest such deviation is reported as `fold_error`.
+Folding (why the function does not change): a unit whose incoming weights are zero emits a
+constant, act(bias) or act(BatchNorm shift), in eval mode. Each consumer q receives the
+removed inputs' mean value x̄_r (calibration data, eval mode, mean over samples and positions)
+    Linear: b_q += W_q[:, R] x̄_R              (exact for constant inputs)
+    Conv2d: b_q += sum(K), K = sum_r x̄_r W_q[:, r]   (the interior value)
+and with `fold="exact"` a zero-padded conv also becomes a `FoldedConv2d` that adds the
+border term conv2d(ones, K) - sum(K) (see `folded.py`), so the pruned network equals the
+masked dense one everywhere, at any input size. With `fold="bias"` only the bias is shifted
+and `PruneResult.fold_error` gives the largest border deviation per consumer at the
+calibration size. Units whose outgoing weights are zero contribute K = 0: removing them is
+exact either way. All means come from one pass of the unpruned model, so the order in which
+groups are removed does not matter.
 """
 
 from __future__ import annotations
@@ -29,119 +37,290 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from sparsenet.errors import ConfigError
+from sparsenet.measure import layer_macs
+from sparsenet.pruning.criteria import LayerCost, PruneSettings, UnitGroup, select_units
+from sparsenet.pruning.folded import FoldedConv2d, customized_pruners, needs_border_correction
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+CALIBRATION_CHUNK = 64  # samples per forward pass when measuring mean activations
 
 
-def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
-    """The Conv/Linear layers whose output is the network output (never pruned)."""
+def output_layers(model: nn.Module) -> list[nn.Module]:
+    """The Conv/Linear layer whose output is the network output (never pruned)."""
     layers = [m for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
     return layers[-1:]
 
 
-def _build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's DependencyGraph of `model`, FoldedConv2d registered. Leaves the model
+    in eval mode (tracing does)."""
     with torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+        return tp.DependencyGraph().build_dependency(
+            model,
+            example_inputs=example,
+            verbose=False,
+            customized_pruners=customized_pruners(),
+        )
 
 
-def _unit_groups(graph: tp.DependencyGraph, model: nn.Module, ignored: list[nn.Module]):
-    return list(graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_TYPES))
+def unit_groups(graph: tp.DependencyGraph, model: nn.Module) -> list:
+    """Every full-index coupled group rooted at a hidden Conv2d/Linear layer."""
+    return list(
+        graph.get_all_groups(ignored_layers=output_layers(model), root_module_types=PRUNABLE_TYPES)
+    )
 
 
-def _is_weight_dep(graph: tp.DependencyGraph, dep, out: bool) -> bool:
-    module = dep.target.module
-    if not isinstance(module, PRUNABLE_TYPES):
-        return False
-    fn = graph.is_out_channel_pruning_fn if out else graph.is_in_channel_pruning_fn
-    return fn(dep.handler)
+def _weight_dep_kind(graph: tp.DependencyGraph, dep) -> str | None:
+    """'out' if `dep` prunes a Conv/Linear weight's rows, 'in' for its columns, else None."""
+    if not isinstance(dep.target.module, PRUNABLE_TYPES):
+        return None
+    if graph.is_out_channel_pruning_fn(dep.handler):
+        return "out"
+    if graph.is_in_channel_pruning_fn(dep.handler):
+        return "in"
+    return None
 
 
-def _group_unit_norms(graph, group) -> tuple[torch.Tensor, torch.Tensor]:
+def _slice_norms_sq(module: nn.Module, kind: str, cache: dict) -> torch.Tensor:
+    """||W[u, ...]||^2 per row ('out') or ||W[:, u, ...]||^2 per column ('in'), once per
+    module and kind (a fold kernel row counts as incoming weight, see the module docstring)."""
+    key = (module, kind)
+    if key not in cache:
+        w = module.weight.detach().float()
+        if kind == "in":
+            w = w.transpose(0, 1)
+        per_index = w.reshape(w.shape[0], -1).pow(2).sum(1)
+        if kind == "out" and isinstance(module, FoldedConv2d):
+            # The border term is input-independent but not constant over positions: a unit
+            # with a non-zero fold-kernel row is not dead even when its weights are zero.
+            k = module.fold_kernel.detach().float()
+            per_index = per_index + k.reshape(k.shape[0], -1).pow(2).sum(1)
+        cache[key] = per_index.cpu()
+    return cache[key]
+
+
+def _group_unit_norms(graph, group, cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(in_norm, out_norm) per root index of a full-index group."""
-    root_module = group[0].dep.target.module
-    n = graph.get_out_channels(root_module)
-    sq_in = torch.zeros(n)
-    sq_out = torch.zeros(n)
+    cache = {} if cache is None else cache
+    n = graph.get_out_channels(group[0].dep.target.module)
+    sq = {"out": torch.zeros(n), "in": torch.zeros(n)}
     for item in group.items:
-        dep, idxs = item.dep, item.idxs
+        kind = _weight_dep_kind(graph, item.dep)
+        if kind is None:
+            continue
+        per_index = _slice_norms_sq(item.dep.target.module, kind, cache)
+        idxs = torch.as_tensor(item.idxs, dtype=torch.long)
         roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
-        idxs = torch.as_tensor(idxs, dtype=torch.long)
-        if _is_weight_dep(graph, dep, out=True):
-            w = dep.target.module.weight.detach().float().cpu()
-            sq_in.index_add_(0, roots, w.reshape(w.shape[0], -1).pow(2).sum(1)[idxs])
-        elif _is_weight_dep(graph, dep, out=False):
-            w = dep.target.module.weight.detach().float().cpu()
-            cols = w.transpose(0, 1).reshape(w.shape[1], -1).pow(2).sum(1)[idxs]
-            sq_out.index_add_(0, roots, cols)
-    return sq_in.sqrt(), sq_out.sqrt()
+        sq[kind].index_add_(0, roots, per_index[idxs])
+    return sq["out"].sqrt(), sq["in"].sqrt()
+
+
+def _describe_group(graph, group, names, cache: dict) -> UnitGroup:
+    in_norm, out_norm = _group_unit_norms(graph, group, cache)
+    n = in_norm.numel()
+    slices = []
+    for item in group.items:
+        kind = _weight_dep_kind(graph, item.dep)
+        if kind is not None:
+            roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
+            slices.append((names[item.dep.target.module], kind, torch.bincount(roots, minlength=n)))
+    root = names[group[0].dep.target.module]
+    return UnitGroup(root, torch.minimum(in_norm, out_norm), slices)
 
 
 def unit_norms(
     model: nn.Module, example: torch.Tensor
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{root layer name: (in_norm, out_norm)} for every prunable unit group."""
-    model_was_training = model.training
-    model.eval()
-    graph = _build_graph(model, example)
+    was_training = model.training
+    graph = build_graph(model, example)
     names = {m: n for n, m in model.named_modules()}
-    result = {}
-    for group in _unit_groups(graph, model, _output_layers(model, example)):
-        result[names[group[0].dep.target.module]] = _group_unit_norms(graph, group)
-    model.train(model_was_training)
+    result, cache = {}, {}
+    for group in unit_groups(graph, model):
+        result[names[group[0].dep.target.module]] = _group_unit_norms(graph, group, cache)
+    model.train(was_training)
     return result
+
+
+def _layer_costs(model: nn.Module, example: torch.Tensor) -> dict[str, LayerCost]:
+    macs = layer_macs(model, tuple(example.shape[1:]))
+    costs = {}
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_TYPES) and macs.get(name):
+            n_out, n_in = module.weight.shape[0], module.weight.shape[1]
+            if isinstance(module, nn.Conv2d):
+                n_in *= module.groups
+            costs[name] = LayerCost(macs[name] / (n_out * n_in), n_out, n_in)
+    return costs
 
 
 @dataclass
 class PruneResult:
     removed: dict[str, list[int]] = field(default_factory=dict)  # root layer -> removed units
-    fold_error: dict[str, float] = field(default_factory=dict)  # consumer -> max border deviation
-
-
-def _mean_inputs(model: nn.Module, consumers: set[nn.Module], calibration: torch.Tensor):
-    """Mean over the batch of each consumer's input (C,) for Linear, (C, H, W) for Conv2d."""
-    means: dict[nn.Module, torch.Tensor] = {}
-
-    def hook(module, args):
-        means[module] = args[0].detach().float().mean(0)
-
-    handles = [m.register_forward_pre_hook(hook) for m in consumers]
-    try:
-        with torch.no_grad():
-            model(calibration)
-    finally:
-        for h in handles:
-            h.remove()
-    return means
+    folded: list[str] = field(default_factory=list)  # convs given an exact border fold
+    fold_error: dict[str, float] = field(default_factory=dict)  # fold=bias: max border deviation
+    units_total: int = 0
+    units_removed: int = 0
+    macs_total: int = 0
+    macs_removed: int = 0  # per sample, by the criteria's P * n_out * n_in model
+    cut: float | None = None  # ratio criterion: ordering key of the last unit removed
 
 
 @torch.no_grad()
-def _fold_into(consumer: nn.Module, mean_input: torch.Tensor, removed_idxs: list[int]) -> float:
-    """Add the removed inputs' mean contribution to the consumer's bias; return border error."""
-    masked = torch.zeros_like(mean_input)
-    idx = torch.as_tensor(removed_idxs, dtype=torch.long, device=mean_input.device)
-    masked[idx] = mean_input[idx]
-    weight = consumer.weight.detach().float()
-    if isinstance(consumer, nn.Linear):
-        shift, error = weight @ masked, 0.0
-    else:
-        out = F.conv2d(
-            masked.unsqueeze(0),
-            weight,
-            None,
-            consumer.stride,
-            consumer.padding,
-            consumer.dilation,
-            consumer.groups,
-        )[0]
-        shift = out.mean(dim=(1, 2))
-        error = float((out - shift[:, None, None]).abs().max()) if out.numel() else 0.0
+def _mean_inputs(
+    model: nn.Module, consumers: set[nn.Module], calibration: torch.Tensor
+) -> tuple[dict[nn.Module, torch.Tensor], dict[nn.Module, tuple[int, int]]]:
+    """Per consumer: mean of each input channel / feature over samples (and positions), in
+    float64, and the spatial size of a conv's input."""
+    sums: dict[nn.Module, torch.Tensor] = {}
+    counts: dict[nn.Module, int] = {}
+    sizes: dict[nn.Module, tuple[int, int]] = {}
+
+    def hook(module, args):
+        x = args[0].detach().double()
+        if isinstance(module, nn.Conv2d):
+            sizes[module] = (x.shape[-2], x.shape[-1])
+            total, count = x.sum(dim=(0, 2, 3)), x.shape[0] * x.shape[2] * x.shape[3]
+        else:
+            x = x.reshape(-1, x.shape[-1])
+            total, count = x.sum(0), x.shape[0]
+        sums[module] = sums.get(module, 0) + total
+        counts[module] = counts.get(module, 0) + count
+
+    handles = [m.register_forward_pre_hook(hook) for m in consumers]
+    try:
+        for start in range(0, len(calibration), CALIBRATION_CHUNK):
+            model(calibration[start : start + CALIBRATION_CHUNK])
+    finally:
+        for h in handles:
+            h.remove()
+    return {m: sums[m] / counts[m] for m in sums}, sizes
+
+
+def _fold_kernel(conv: nn.Conv2d, idxs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """K[o, 0] = sum_r values[r] W[o, r] over the removed inputs r (per conv group)."""
+    w = conv.weight.detach()
+    n_out, per_group = w.shape[:2]
+    outs_per_group = n_out // conv.groups
+    kernel = torch.zeros(n_out, *w.shape[2:], dtype=torch.float64, device=w.device)
+    idxs, values = idxs.to(w.device), values.to(w.device)
+    for g in range(conv.groups):
+        in_group = (idxs // per_group) == g
+        if in_group.any():
+            rows = slice(g * outs_per_group, (g + 1) * outs_per_group)
+            columns = w[rows].index_select(1, idxs[in_group] % per_group).double()
+            kernel[rows] += torch.einsum("oikl,i->okl", columns, values[in_group])
+    return kernel.unsqueeze(1)
+
+
+def _add_to_bias(layer: nn.Module, shift: torch.Tensor) -> None:
     if not torch.any(shift != 0):
-        return error
-    if consumer.bias is None:
-        consumer.bias = nn.Parameter(torch.zeros_like(shift).to(consumer.weight))
-    consumer.bias.add_(shift.to(consumer.bias))
-    return error
+        return
+    if layer.bias is None:
+        layer.bias = nn.Parameter(torch.zeros(shift.shape[0]).to(layer.weight))
+    layer.bias.data.add_(shift.to(layer.bias))
+
+
+def _border(conv: nn.Conv2d, kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    ones = torch.ones(1, 1, *size, dtype=kernel.dtype, device=kernel.device)
+    full = F.conv2d(ones, kernel, None, conv.stride, conv.padding, conv.dilation)[0]
+    return full - kernel.sum(dim=(1, 2, 3))[:, None, None]
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+@torch.no_grad()
+def prune_units(
+    model: nn.Module,
+    example: torch.Tensor,
+    settings: PruneSettings | None = None,
+    *,
+    calibration: torch.Tensor | None = None,
+) -> PruneResult:
+    """Select units by `settings` (default: threshold 1e-3), fold them and remove them, in
+    place. `example` is an input batch for tracing (one sample is enough); `calibration`
+    (default: `example`) the data whose mean activations are folded into the consumers."""
+    settings = settings or PruneSettings()
+    was_training = model.training
+    calibration = example if calibration is None else calibration
+    with torch.enable_grad():
+        graph = build_graph(model, example)
+    names = {m: n for n, m in model.named_modules()}
+    groups = unit_groups(graph, model)
+    cache: dict = {}
+    described = [_describe_group(graph, g, names, cache) for g in groups]
+    selection = select_units(described, settings, _layer_costs(model, example))
+    result = PruneResult(
+        units_total=selection.units_total,
+        units_removed=selection.units_removed,
+        macs_total=selection.macs_total,
+        macs_removed=selection.macs_removed,
+        cut=selection.cut,
+    )
+
+    plans = [
+        (group[0].dep.target.module, group[0].dep.handler, sorted(dead.tolist()))
+        for group, dead in zip(groups, selection.removed, strict=True)
+        if dead.numel()
+    ]
+    consumers = {
+        item.dep.target.module
+        for group, dead in zip(groups, selection.removed, strict=True)
+        if dead.numel()
+        for item in group.items
+        if _weight_dep_kind(graph, item.dep) == "in"
+    }
+    means, sizes = _mean_inputs(model, consumers, calibration)
+    # Original input index of each current input of a consumer, and pending border kernels
+    # (in the conv's current out-channel numbering) of convs that are not FoldedConv2d yet.
+    original_in = {q: torch.arange(means[q].numel()) for q in consumers}
+    pending: dict[nn.Module, torch.Tensor] = {}
+
+    for root, handler, dead in plans:
+        group = graph.get_pruning_group(root, handler, dead)
+        for item in group.items:
+            module, kind = item.dep.target.module, _weight_dep_kind(graph, item.dep)
+            idxs = torch.as_tensor(item.idxs, dtype=torch.long)
+            if kind == "out" and module in pending:
+                keep = torch.ones(pending[module].shape[0], dtype=torch.bool)
+                keep[idxs] = False
+                pending[module] = pending[module][keep]
+            if kind != "in":
+                continue
+            values = means[module][original_in[module][idxs]]
+            if isinstance(module, nn.Linear):
+                w = module.weight.detach().double()
+                _add_to_bias(module, w[:, idxs] @ values.to(w.device))
+                continue
+            kernel = _fold_kernel(module, idxs, values)
+            _add_to_bias(module, kernel.sum(dim=(1, 2, 3)))
+            if not needs_border_correction(module) or not torch.any(kernel != 0):
+                continue
+            if settings.fold == "bias":
+                error = float(_border(module, kernel, sizes[module]).abs().max())
+                name = names[module]
+                result.fold_error[name] = max(result.fold_error.get(name, 0.0), error)
+            elif isinstance(module, FoldedConv2d):
+                module.fold_kernel.add_(kernel.to(module.fold_kernel))
+            else:
+                pending[module] = pending.get(module, 0) + kernel
+        group.prune()
+        for item in group.items:
+            module = item.dep.target.module
+            if _weight_dep_kind(graph, item.dep) == "in" and module in original_in:
+                keep = torch.ones(original_in[module].numel(), dtype=torch.bool)
+                keep[torch.as_tensor(item.idxs, dtype=torch.long)] = False
+                original_in[module] = original_in[module][keep]
+        result.removed[names[root]] = dead
+
+    for module, kernel in pending.items():
+        _set_module(model, names[module], FoldedConv2d.from_conv(module, kernel))
+    result.folded = sorted(names[m] for m in pending)
+    model.train(was_training)
+    return result
 
 
 def prune_dead_units(
@@ -151,48 +330,11 @@ def prune_dead_units(
     *,
     calibration: torch.Tensor | None = None,
     min_units: int = 1,
+    fold: str = "exact",
 ) -> PruneResult:
-    """Remove every unit with min(in_norm, out_norm) <= threshold, in place.
-
-    `example` is one input batch for tracing; `calibration` (default: `example`) is the data
-    whose mean activations are folded into the consumers. At least `min_units` units of
-    each group are kept (the ones with the largest norms).
-    """
-    if threshold < 0:
-        raise ConfigError(f"prune.threshold={threshold} must be >= 0")
-    was_training = model.training
-    model.eval()
-    calibration = example if calibration is None else calibration
-    graph = _build_graph(model, example)
-    names = {m: n for n, m in model.named_modules()}
-    result = PruneResult()
-
-    plans = []
-    for group in _unit_groups(graph, model, _output_layers(model, example)):
-        in_norm, out_norm = _group_unit_norms(graph, group)
-        score = torch.minimum(in_norm, out_norm)
-        dead = (score <= threshold).nonzero().flatten()
-        keep_at_least = min(min_units, score.numel())
-        if score.numel() - dead.numel() < keep_at_least:
-            order = torch.argsort(score, descending=True)
-            dead = order[keep_at_least:]
-        if dead.numel():
-            plans.append((group[0].dep.target.module, group[0].dep.handler, sorted(dead.tolist())))
-
-    for root, handler, dead in plans:
-        group = graph.get_pruning_group(root, handler, dead)
-        consumers = {
-            item.dep.target.module: list(item.idxs)
-            for item in group.items
-            if _is_weight_dep(graph, item.dep, out=False)
-        }
-        means = _mean_inputs(model, set(consumers), calibration)
-        for consumer, idxs in consumers.items():
-            error = _fold_into(consumer, means[consumer], idxs)
-            name = names[consumer]
-            result.fold_error[name] = max(result.fold_error.get(name, 0.0), error)
-        group.prune()
-        result.removed[names[root]] = dead
-
-    model.train(was_training)
-    return result
+    """Remove every unit with min(in_norm, out_norm) <= threshold, in place (at least
+    `min_units` per group stay, the ones with the largest norms). See `prune_units`."""
+    settings = PruneSettings(
+        criterion="threshold", threshold=threshold, min_units=min_units, fold=fold
+    )
+    return prune_units(model, example, settings, calibration=calibration)

@@ -2,19 +2,24 @@
 
 A layer weight is viewed as a matrix with one row per group, so all groups of a layer are
 reduced at once with `torch.linalg.vector_norm(..., dim=1)`; no Python loop over groups.
+`group_norms` reduces over the group's dimensions directly (same result, no copy).
 Linear weight: (n_out, n_in); Conv2d weight: (N, C, kh, kw).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from sparsenet.errors import ConfigError
 
 STRUCTURES = ("out", "in", "shape", "layer")
 
 
 def check_structure(structure: str) -> str:
     if structure not in STRUCTURES:
-        raise ValueError(
+        raise ConfigError(
             f"regularizer.structure='{structure}' is not a group structure; "
             f"allowed: {', '.join(STRUCTURES)}"
         )
@@ -35,7 +40,7 @@ def group_matrix(weight: torch.Tensor, structure: str) -> torch.Tensor:
         return weight.transpose(0, 1).reshape(weight.shape[1], -1)
     if structure == "shape":
         if weight.dim() != 4:
-            raise ValueError("structure 'shape' applies to Conv2d layers only")
+            raise ConfigError("regularizer.structure='shape' applies to Conv2d layers only")
         return weight.reshape(weight.shape[0], -1).t()
     if structure == "layer":
         return weight.reshape(1, -1)
@@ -43,11 +48,50 @@ def group_matrix(weight: torch.Tensor, structure: str) -> torch.Tensor:
     raise AssertionError("unreachable")
 
 
+def group_dims(weight: torch.Tensor, structure: str) -> tuple[int, ...]:
+    """The dimensions of `weight` one group spans: reducing over them gives one value per
+    group, in the order of `group_matrix`'s rows (after `.reshape(-1)`), with no copy."""
+    if structure == "out":
+        return tuple(range(1, weight.dim()))
+    if structure == "in":
+        return (0, *range(2, weight.dim()))
+    if structure == "shape":
+        if weight.dim() != 4:
+            raise ConfigError("regularizer.structure='shape' applies to Conv2d layers only")
+        return (0,)
+    if structure == "layer":
+        return tuple(range(weight.dim()))
+    check_structure(structure)
+    raise AssertionError("unreachable")
+
+
 def group_norms(weight: torch.Tensor, structure: str) -> torch.Tensor:
-    """Euclidean norm of every group, shape (num_groups,)."""
-    return torch.linalg.vector_norm(group_matrix(weight, structure), ord=2, dim=1)
+    """Euclidean norm of every group, shape (num_groups,). A reduction over `group_dims`, so
+    strided groups (`in`, `shape`) need no transposed copy, forward or backward."""
+    return torch.linalg.vector_norm(weight, ord=2, dim=group_dims(weight, structure)).reshape(-1)
 
 
 def group_size(weight: torch.Tensor, structure: str) -> int:
     """|g|: number of weights in one group (all groups of a layer have the same size)."""
-    return weight.numel() // group_matrix(weight, structure).shape[0]
+    return math.prod(weight.shape[d] for d in group_dims(weight, structure))
+
+
+def ungroup(rows: torch.Tensor, shape: torch.Size, structure: str) -> torch.Tensor:
+    """Inverse of `group_matrix`: the weight of `shape` whose groups are the rows of `rows`."""
+    if structure == "in":
+        return rows.reshape(shape[1], shape[0], *shape[2:]).transpose(0, 1)
+    if structure == "shape":
+        return rows.t().reshape(shape)
+    return rows.reshape(shape)
+
+
+def group_soft_threshold(rows: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
+    """Proximal operator of tau * sum_g ||row_g||_2 (block soft-thresholding):
+    row_g * max(0, 1 - tau / ||row_g||). A group whose norm is <= tau becomes exactly zero."""
+    norms = torch.linalg.vector_norm(rows, ord=2, dim=1, keepdim=True)
+    return rows * torch.clamp(1 - tau / norms.clamp_min(1e-12), min=0.0)
+
+
+def soft_threshold(weight: torch.Tensor, tau: float) -> torch.Tensor:
+    """Proximal operator of tau * ||w||_1: sign(w) * max(|w| - tau, 0)."""
+    return torch.sign(weight) * torch.clamp(weight.abs() - tau, min=0.0)

@@ -2,12 +2,22 @@
 
     R_GL(W) = sum_g c_g * ||w_g||_2,   c_g = sqrt(|g|) if sqrt_weighting else 1
 
-with groups given by `structure` (see `_groups.py`): `out` (neurons / filters), `in`
-(input units / channels, Scardapane and paper A), `shape` and `layer` (SSL).
-Scardapane and paper A weight by sqrt(|g|); SSL does not.
+Groups (PAPERS.md, "Group structures"; `_groups.py`, `_coupled.py`):
+  out      W[o, ...]        a neuron's / filter's incoming weights        Linear, Conv2d
+  in       W[:, i, ...]     an input unit's / channel's outgoing weights   Linear, Conv2d
+  shape    W[:, c, y, x]    SSL filter shape                               Conv2d only
+  layer    W                SSL depth                                      any
+  coupled  one prunable unit of the graph: its row, the consumers' columns, residual
+           partners (+ BatchNorm entries with include_batchnorm)          any graph
+[known] Scardapane and paper A use `in` groups weighted by sqrt(|g|); SSL uses c_g = 1.
+[choice] For `coupled`, |g| is the number of weights in the whole coupled group, and a
+group's layer multiplier is that of its root layer (the layer whose units it removes);
+`coupled` needs `bind(model, example_input)` (the pipeline calls it before each stage).
+Group lasso is applied to every Conv2d/Linear layer unless `layers` says otherwise; the
+network's input pixels are groups only under `in` (paper A's feature selection).
 
-Proximal option (documented choice, off by default): after each optimizer step apply
-group soft-thresholding w_g <- w_g * max(0, 1 - lr * strength * c_g / ||w_g||), the exact
+Proximal option ([choice], off by default): after each optimizer step apply group
+soft-thresholding w_g <- w_g * max(0, 1 - lr * strength * m_l * c_g / ||w_g||), the exact
 proximal operator of lr * strength * R_GL, so dead groups reach exact zeros instead of
 oscillating around zero under the subgradient.
 """
@@ -20,8 +30,20 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from sparsenet.regularizers._groups import check_structure, group_matrix
+from sparsenet.errors import ConfigError
+from sparsenet.regularizers._coupled import CoupledGroups
+from sparsenet.regularizers._groups import (
+    STRUCTURES,
+    check_structure,
+    group_matrix,
+    group_norms,
+    group_size,
+    group_soft_threshold,
+    ungroup,
+)
 from sparsenet.regularizers.base import Regularizer
+
+GROUP_STRUCTURES = (*STRUCTURES, "coupled")
 
 
 class GroupLasso(Regularizer):
@@ -32,57 +54,87 @@ class GroupLasso(Regularizer):
         sqrt_weighting: bool = True,
         proximal: bool = False,
         layers: Mapping[str, float | None] | None = None,
+        include_batchnorm: bool = False,
     ) -> None:
-        super().__init__(strength=strength, layers=layers)
-        self.structure = check_structure(structure)
+        super().__init__(strength=strength, layers=layers, proximal=proximal)
+        if structure != "coupled":
+            check_structure(structure)
+        self.structure = structure
         self.sqrt_weighting = bool(sqrt_weighting)
-        self.proximal = bool(proximal)
+        self.include_batchnorm = bool(include_batchnorm)
+        if self.include_batchnorm and structure != "coupled":
+            raise ConfigError(
+                f"regularizer.include_batchnorm=true needs structure 'coupled', got '{structure}'"
+            )
+        self._coupled: CoupledGroups | None = None
 
-    def targets(self, model: nn.Module):
-        targets = super().targets(model)
-        if self.structure == "shape":  # filter shapes exist only for convolutions
-            targets = [t for t in targets if isinstance(t[1], nn.Conv2d)]
-        return targets
+    def applies_to(self, module: nn.Module) -> bool:
+        return self.structure != "shape" or isinstance(module, nn.Conv2d)
 
-    def _group_weight(self, rows: torch.Tensor) -> float:
-        return math.sqrt(rows.shape[1]) if self.sqrt_weighting else 1.0
+    def bind(self, model: nn.Module, example_input: torch.Tensor) -> None:
+        super().bind(model, example_input)
+        if self.structure == "coupled":
+            self._coupled = CoupledGroups(
+                model, example_input, self._scale_for, self.include_batchnorm
+            )
+
+    def _group_weight(self, weight: torch.Tensor) -> float:
+        return math.sqrt(group_size(weight, self.structure)) if self.sqrt_weighting else 1.0
 
     def layer_penalty(self, weight: torch.Tensor) -> torch.Tensor:
+        return self._group_weight(weight) * group_norms(weight, self.structure).sum()
+
+    def layer_prox(self, weight: torch.Tensor, tau: float) -> torch.Tensor:
         rows = group_matrix(weight, self.structure)
-        return self._group_weight(rows) * torch.linalg.vector_norm(rows, ord=2, dim=1).sum()
+        threshold = tau * self._group_weight(weight)
+        return ungroup(group_soft_threshold(rows, threshold), weight.shape, self.structure)
+
+    # --- coupled groups -----------------------------------------------------------------
+    def _bound(self) -> CoupledGroups:
+        if self._coupled is None:
+            raise RuntimeError(
+                "regularizer.structure='coupled' needs bind(model, example_input) before use "
+                "(the pipeline calls it before each training stage)"
+            )
+        return self._coupled
+
+    def _coupled_weights(self, groups: CoupledGroups) -> torch.Tensor:
+        """m_l * c_g for every coupled group."""
+        return groups.scales * (groups.sizes.sqrt() if self.sqrt_weighting else 1.0)
+
+    def group_penalty(self, model: nn.Module) -> torch.Tensor:
+        """R_GL without the strength (sum over layers for the layer-wise structures)."""
+        if self.structure != "coupled":
+            return super().penalty(model)
+        groups = self._bound()
+        return (self._coupled_weights(groups) * groups.norms()).sum()
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
-        # Bypass the proximal case: the smooth part of the loss then carries no R_GL term.
         if self.proximal:
             return torch.zeros(())
-        return super().penalty(model)
+        return self.group_penalty(model)
+
+    @torch.no_grad()
+    def group_prox_(self, model: nn.Module, tau: float) -> None:
+        """In place: W <- prox of tau * R_GL (tau already holds lr * strength)."""
+        if self.structure != "coupled":
+            for _, module, scale in self.targets(model):
+                module.weight.copy_(GroupLasso.layer_prox(self, module.weight, tau * scale))
+            return
+        groups = self._bound()
+        norms = groups.norms()
+        thresholds = tau * self._coupled_weights(groups)
+        groups.scale_(torch.clamp(1 - thresholds / norms.clamp_min(1e-12), min=0.0))
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, lr: float) -> None:
-        if not (self.proximal and self.active):
-            return
-        for _, module, scale in self.targets(model):
-            rows = group_matrix(module.weight, self.structure)
-            tau = lr * self.strength * scale * self._group_weight(rows)
-            norms = torch.linalg.vector_norm(rows, ord=2, dim=1, keepdim=True)
-            shrink = torch.clamp(1 - tau / norms.clamp_min(1e-12), min=0.0)
-            shrunk = rows * shrink
-            # write back through the same view layout
-            if self.structure == "in":
-                module.weight.copy_(
-                    shrunk.reshape(
-                        module.weight.shape[1], module.weight.shape[0], *module.weight.shape[2:]
-                    ).transpose(0, 1)
-                )
-            elif self.structure == "shape":
-                module.weight.copy_(shrunk.t().reshape(module.weight.shape))
-            else:
-                module.weight.copy_(shrunk.reshape(module.weight.shape))
+        if self.proximal and self.active:
+            self.group_prox_(model, lr * self.strength)
 
     def describe(self) -> dict:
         return {
             **super().describe(),
             "structure": self.structure,
             "sqrt_weighting": self.sqrt_weighting,
-            "proximal": self.proximal,
+            "include_batchnorm": self.include_batchnorm,
         }

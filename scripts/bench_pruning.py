@@ -1,0 +1,195 @@
+"""Benchmark: does removing half the MACs make the network faster on the CPU?
+
+Prunes VGG-16-BN and ResNet-56 (CIFAR shapes, 3x32x32, random init) with the `ratio`
+criterion to about half their MACs (`prune.criterion=ratio prune.target=macs prune.ratio=0.5`)
+in both scopes: `global` (smallest relative norms anywhere first; on random weights this
+thins the layers with few inputs per unit most) and `layer` (the same share of every layer, a
+uniform width multiplier). It measures CPU latency of the dense and the pruned networks:
+median wall time of one forward pass, eval and inference mode, after warm-up, with all
+models' passes interleaved in each round (so background load hits all of them alike). Each
+pruned network is measured twice: with the exact border fold (`prune.fold=exact`, the
+default: zero-padded consumer convs become FoldedConv2d, one extra element-wise add each) and
+with `prune.fold=bias`, so the fold's own cost is visible.
+
+    python scripts/bench_pruning.py [--repeats 30] [--batch-sizes 64 1] [--out scripts/results]
+
+Writes <out>/bench_pruning.json and <out>/bench_pruning.md. Random weights are enough here:
+latency depends on the shapes, not on the values. The machine's load average is recorded
+before and after; timings taken while other processes use the CPU are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sparsenet.measure import count_macs, count_params
+from sparsenet.models import get_model
+from sparsenet.pruning import FoldedConv2d, PruneSettings, prune_units
+
+MODELS = ("vgg16", "resnet56")
+SCOPES = ("global", "layer")
+INPUT_SHAPE = (3, 32, 32)
+
+
+def _prune(model: nn.Module, scope: str, fold: str, calibration: torch.Tensor) -> nn.Module:
+    pruned = copy.deepcopy(model)
+    settings = PruneSettings(criterion="ratio", target="macs", ratio=0.5, scope=scope, fold=fold)
+    prune_units(pruned, calibration[:1], settings, calibration=calibration)
+    return pruned.eval()
+
+
+@torch.inference_mode()
+def _latencies(models: dict[str, nn.Module], batch: int, repeats: int, warmup: int) -> dict:
+    """Median (and quartiles) of per-pass wall time in ms, passes interleaved per round."""
+    x = torch.randn(batch, *INPUT_SHAPE)
+    for model in models.values():
+        for _ in range(warmup):
+            model(x)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    names = list(models)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
+            start = time.perf_counter()
+            models[name](x)
+            times[name].append((time.perf_counter() - start) * 1000)
+    result = {}
+    for name, values in times.items():
+        q1, median, q3 = statistics.quantiles(values, n=4)
+        result[name] = {"median_ms": median, "q1_ms": q1, "q3_ms": q3}
+    return result
+
+
+def bench(name: str, batch_sizes: list[int], repeats: int, warmup: int) -> dict:
+    torch.manual_seed(0)
+    dense = get_model(name, num_classes=10, input_shape=INPUT_SHAPE).eval()
+    calibration = torch.randn(64, *INPUT_SHAPE)
+    models = {"dense": dense}
+    for scope in SCOPES:
+        for fold in ("exact", "bias"):
+            models[f"{scope}/{fold}"] = _prune(dense, scope, fold, calibration)
+    macs = {k: count_macs(m, INPUT_SHAPE) for k, m in models.items()}
+    result = {"model": name, "dense_macs": macs["dense"], "dense_params": count_params(dense)}
+    result["dense_widths"] = [m.out_channels for m in dense.modules() if isinstance(m, nn.Conv2d)]
+    result["scopes"] = {}
+    for scope in SCOPES:
+        pruned = models[f"{scope}/exact"]
+        result["scopes"][scope] = {
+            "macs": macs[f"{scope}/exact"],
+            "params": count_params(pruned),
+            "mac_ratio": macs[f"{scope}/exact"] / macs["dense"],
+            "mac_reduction": macs["dense"] / macs[f"{scope}/exact"],
+            "folded_convs": sum(isinstance(m, FoldedConv2d) for m in pruned.modules()),
+            "widths": [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)],
+            "latency": {},
+        }
+    for batch in batch_sizes:
+        lat = _latencies(models, batch, repeats, warmup)
+        dense_ms = lat["dense"]["median_ms"]
+        for scope in SCOPES:
+            exact, bias = lat[f"{scope}/exact"], lat[f"{scope}/bias"]
+            result["scopes"][scope]["latency"][str(batch)] = {
+                "dense": lat["dense"],
+                "pruned": exact,
+                "pruned_bias_fold": bias,
+                "speedup": dense_ms / exact["median_ms"],
+                "speedup_bias_fold": dense_ms / bias["median_ms"],
+            }
+    return result
+
+
+def _markdown(rows: list[dict], meta: dict) -> str:
+    lines = [
+        "# Pruning benchmark: MACs vs measured CPU latency",
+        "",
+        f"`python scripts/bench_pruning.py` on {meta['machine']}, torch {meta['torch']}, "
+        f"{meta['threads']} threads; {meta['repeats']} interleaved repeats after "
+        f"{meta['warmup']} warm-up passes; load average {meta['load_before']} before, "
+        f"{meta['load_after']} after.",
+        "",
+        "Models at 3x32x32, random init, pruned with `prune.criterion=ratio prune.target=macs "
+        "prune.ratio=0.5` and `prune.scope` global or layer. Latency: median ms per forward "
+        "pass [quartiles]. Speed-up = dense median / pruned median; `bias fold` is the same "
+        "pruned network without FoldedConv2d's border add (`prune.fold=bias`).",
+        "",
+        "| model | scope | batch | MACs dense | MACs pruned | MAC ratio | dense ms | pruned ms "
+        "| speed-up | pruned ms (bias fold) | speed-up (bias fold) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+
+    def cell(v: dict) -> str:
+        return f"{v['median_ms']:.2f} [{v['q1_ms']:.2f}, {v['q3_ms']:.2f}]"
+
+    for row in rows:
+        for scope, figures in row["scopes"].items():
+            for batch, lat in figures["latency"].items():
+                lines.append(
+                    f"| {row['model']} | {scope} | {batch} | {row['dense_macs'] / 1e6:.1f} M "
+                    f"| {figures['macs'] / 1e6:.1f} M | {figures['mac_ratio']:.3f} "
+                    f"| {cell(lat['dense'])} | {cell(lat['pruned'])} | {lat['speedup']:.2f}x "
+                    f"| {cell(lat['pruned_bias_fold'])} | {lat['speedup_bias_fold']:.2f}x |"
+                )
+    lines += ["", "Parameters and conv widths:", ""]
+    for row in rows:
+        lines.append(
+            f"- {row['model']} dense: {row['dense_params']:,} params, {row['dense_widths']}"
+        )
+        for scope, figures in row["scopes"].items():
+            lines.append(
+                f"- {row['model']} {scope}: {figures['params']:,} params, "
+                f"{figures['folded_convs']} FoldedConv2d, {figures['widths']}"
+            )
+    if meta["noisy"]:
+        lines += [
+            "",
+            f"Note: the load average ({meta['load_before']} / {meta['load_after']}) exceeded "
+            f"the {meta['cores']} cores during the run: other processes shared the CPU, so "
+            "the absolute times and, to a lesser degree, the ratios are noisy.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 1])
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    rows = [bench(n, args.batch_sizes, args.repeats, args.warmup) for n in args.models]
+    load_after = [round(v, 2) for v in os.getloadavg()]
+    cores = os.cpu_count() or 1
+    meta = {
+        "machine": f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
+        "cores": cores,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "load_before": load_before,
+        "load_after": load_after,
+        "noisy": max(load_before[0], load_after[0]) > cores,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_pruning.json").write_text(
+        json.dumps({"meta": meta, "results": rows}, indent=2) + "\n"
+    )
+    markdown = _markdown(rows, meta)
+    (args.out / "bench_pruning.md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Which units to remove: the `prune.*` settings and the three selection criteria.
+
+Every unit u of a coupled group g (see `remove.py`) has a score
+    s(u) = min(in_norm(u), out_norm(u))
+(0 when nothing reaches the unit or nothing leaves it). The criteria (`prune.criterion`):
+- `threshold`: remove u when s(u) <= threshold (absolute).
+- `relative`:  remove u when s(u) <= max(threshold, relative * max_v s(v)), max over the
+  units of u's group: a per-layer cut that does not depend on the layer's weight scale.
+- `ratio`:     remove every u with s(u) <= threshold, then further units one at a time until
+  a share `ratio` of the prunable units (`target: units`) or of the network's MACs
+  (`target: macs`) is gone, in the order of
+    `scope: global`: the relative score r(u) = s(u) / max_v s(v), smallest first, across all
+                     groups (ties: smaller s first): layers lose units where they matter least;
+    `scope: layer`:  the rank fraction k(u) / n_g of u among its group's n_g scores (k = 1 for
+                     the smallest), so every layer loses about the same share of its units
+                     (a uniform width multiplier, smallest scores first within each layer).
+In every mode `prune.threshold` is an absolute floor (units at or below it always go), and at
+least `min_units` units of each group stay, the ones with the largest scores, so no layer
+vanishes (a `ratio` that would need more is not reached; the result says what was).
+
+MACs of a Conv2d/Linear layer with n_out out-units and n_in in-units are P * n_out * n_in,
+P = H_out * W_out * kh * kw / groups (1 for Linear); removing a unit lowers n_out of its
+producers and n_in of its consumers (by H*W per channel for a Linear after Flatten). The greedy
+`ratio` selection updates these counts unit by unit, so the MACs it reports removed are exact
+for the architecture it leaves (cross terms included).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sparsenet.errors import ConfigError
+
+CRITERIA = ("threshold", "relative", "ratio")
+TARGETS = ("units", "macs")
+FOLDS = ("exact", "bias")
+SCOPES = ("global", "layer")
+
+
+def _number(key: str, value: Any, low: float, high: float | None, *, open_high: bool) -> float:
+    allowed = f"{low:g} <= {key}" + (
+        "" if high is None else (f" < {high:g}" if open_high else f" <= {high:g}")
+    )
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"prune.{key}={value!r} must be a number; allowed: {allowed}") from None
+    bad_high = high is not None and (number >= high if open_high else number > high)
+    if not math.isfinite(number) or number < low or bad_high:
+        raise ConfigError(f"prune.{key}={value} is out of range; allowed: {allowed}")
+    return number
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"prune.{key}={value!r} is not allowed; allowed: {', '.join(allowed)}")
+    return str(value)
+
+
+def _integer(key: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"prune.{key}={value!r} must be an integer >= {low}")
+    return value
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """The `prune` config group, validated (each bad value raises ConfigError naming it)."""
+
+    criterion: str = "threshold"  # threshold | relative | ratio
+    threshold: float = 1e-3  # absolute floor, every criterion: >= 0
+    relative: float = 0.0  # criterion=relative: fraction of the group's largest score, [0, 1]
+    ratio: float = 0.5  # criterion=ratio: share to remove, [0, 1)
+    target: str = "units"  # criterion=ratio: units | macs
+    scope: str = "global"  # criterion=ratio: global | layer (the same share of every layer)
+    min_units: int = 1  # kept in every group, >= 1
+    fold: str = "exact"  # exact (border-correct, FoldedConv2d) | bias (interior only)
+    calibration_samples: int = 256  # samples whose mean activations are folded, >= 1
+
+    def __post_init__(self) -> None:
+        _choice("criterion", self.criterion, CRITERIA)
+        object.__setattr__(
+            self, "threshold", _number("threshold", self.threshold, 0, None, open_high=False)
+        )
+        object.__setattr__(
+            self, "relative", _number("relative", self.relative, 0, 1, open_high=False)
+        )
+        object.__setattr__(self, "ratio", _number("ratio", self.ratio, 0, 1, open_high=True))
+        _choice("target", self.target, TARGETS)
+        _choice("scope", self.scope, SCOPES)
+        _choice("fold", self.fold, FOLDS)
+        _integer("min_units", self.min_units, 1)
+        _integer("calibration_samples", self.calibration_samples, 1)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> PruneSettings:
+        """From the `prune` config group (a DictConfig or dict); unknown keys are refused."""
+        known = {f.name for f in fields(cls)}
+        if isinstance(cfg, DictConfig):
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        values = {str(k): v for k, v in dict(cfg).items()}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"prune.{unknown[0]} is not a pruning setting; allowed: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+
+@dataclass
+class UnitGroup:
+    """One coupled group as the criteria see it: a score per unit and, per Conv2d/Linear
+    slice of the group, how many of that layer's out- or in-units each unit owns."""
+
+    name: str
+    score: torch.Tensor  # (n,) min(in_norm, out_norm)
+    slices: list[tuple[str, str, torch.Tensor]] = field(default_factory=list)  # layer, out|in, (n,)
+
+    @property
+    def size(self) -> int:
+        return int(self.score.numel())
+
+
+@dataclass
+class LayerCost:
+    """MACs = per_pair * n_out * n_in for one Conv2d/Linear layer (one sample)."""
+
+    per_pair: float
+    n_out: int
+    n_in: int
+
+    @property
+    def macs(self) -> float:
+        return self.per_pair * self.n_out * self.n_in
+
+
+@dataclass
+class Selection:
+    removed: list[torch.Tensor]  # per group, sorted unit indices
+    units_total: int
+    units_removed: int
+    macs_total: int
+    macs_removed: int  # of the architecture left, by the P * n_out * n_in model
+    cut: float | None = None  # ratio: ordering key (r or k / n) of the last unit removed
+
+
+class _MacLedger:
+    """Tracks n_out / n_in per layer while units are removed one by one."""
+
+    def __init__(self, costs: Mapping[str, LayerCost]) -> None:
+        self.costs = {k: LayerCost(v.per_pair, v.n_out, v.n_in) for k, v in costs.items()}
+        self.total = sum(c.macs for c in self.costs.values())
+        self.removed = 0.0
+
+    def remove(self, group: UnitGroup, unit: int) -> None:
+        for layer, kind, counts in group.slices:
+            count = int(counts[unit])
+            cost = self.costs.get(layer)
+            if not count or cost is None:
+                continue
+            if kind == "out":
+                self.removed += cost.per_pair * count * cost.n_in
+                cost.n_out -= count
+            else:
+                self.removed += cost.per_pair * cost.n_out * count
+                cost.n_in -= count
+
+
+def _keep_floor(dead: torch.Tensor, score: torch.Tensor, min_units: int) -> torch.Tensor:
+    """`dead` (bool mask) with the top-`min_units` scores forced alive."""
+    keep = min(min_units, score.numel())
+    if int((~dead).sum()) < keep:
+        order = torch.argsort(score, descending=True, stable=True)
+        dead = torch.ones_like(dead)
+        dead[order[:keep]] = False
+    return dead
+
+
+def select_units(
+    groups: list[UnitGroup], settings: PruneSettings, costs: Mapping[str, LayerCost]
+) -> Selection:
+    """Apply `settings.criterion` to every group; see the module docstring."""
+    ledger = _MacLedger(costs)
+    masks: list[torch.Tensor] = []
+    for group in groups:
+        score = group.score
+        limit = settings.threshold
+        if settings.criterion == "relative" and score.numel():
+            limit = max(limit, settings.relative * float(score.max()))
+        masks.append(_keep_floor(score <= limit, score, settings.min_units))
+    for group, dead in zip(groups, masks, strict=True):
+        for unit in dead.nonzero().flatten().tolist():
+            ledger.remove(group, unit)
+
+    units_total = sum(g.size for g in groups)
+    units_removed = sum(int(m.sum()) for m in masks)
+    cut = None
+    if settings.criterion == "ratio":
+        candidates = []
+        for gi, (group, dead) in enumerate(zip(groups, masks, strict=True)):
+            top = float(group.score.max()) if group.size else 0.0
+            relative = group.score / top if top > 0 else torch.zeros_like(group.score)
+            if settings.scope == "layer":
+                rank = torch.empty(group.size)
+                rank[torch.argsort(group.score, stable=True)] = torch.arange(1.0, group.size + 1)
+                key = rank / group.size
+            else:
+                key = relative
+            for unit in (~dead).nonzero().flatten().tolist():
+                candidates.append((float(key[unit]), float(group.score[unit]), gi, unit))
+        candidates.sort()
+        kept = [g.size - int(m.sum()) for g, m in zip(groups, masks, strict=True)]
+        floor = [min(settings.min_units, g.size) for g in groups]
+
+        def reached() -> bool:
+            if settings.target == "units":
+                return units_removed >= settings.ratio * units_total
+            return ledger.removed >= settings.ratio * ledger.total
+
+        for key, _, gi, unit in candidates:
+            if reached():
+                break
+            if kept[gi] <= floor[gi]:
+                continue
+            masks[gi][unit] = True
+            kept[gi] -= 1
+            units_removed += 1
+            ledger.remove(groups[gi], unit)
+            cut = key
+    return Selection(
+        removed=[m.nonzero().flatten() for m in masks],
+        units_total=units_total,
+        units_removed=units_removed,
+        macs_total=round(ledger.total),
+        macs_removed=round(ledger.removed),
+        cut=cut,
+    )

@@ -1,0 +1,74 @@
+"""The l1/l2 pseudo-norm on filters (paper C: Berthelier et al., ICPR Workshops 2020,
+arXiv 2007.10022).
+
+    ratio(x) = ||x||_1 / ||x||_2     scale-invariant, in [1, sqrt(n)], smallest when a single
+                                     entry of x is non-zero
+
+[known] A sparsity term built on this ratio over filter coefficients; irrelevant filters are
+then removed, with no iterative retraining. [choice] The exact per-filter definition is not
+available; three modes, per regularized layer l (the penalty sums the layers' terms, each
+times its multiplier m_l):
+  filter_norms (default)  ratio(v_l), v_l = (||W_l[f]||_2)_f the vector of filter norms: the
+                          energy of the layer concentrates in few filters and the others shrink
+                          to zero, ready to be removed (cf. DeepHoyer's Group-HS, the squared
+                          version). Note ||v_l||_2 = ||W_l||_F.
+  per_filter              sum_f ratio(W_l[f]): sparse coefficients inside every filter
+  layer                   ratio(W_l): over all coefficients of the layer
+A "filter" is a group of `structure` (`out` by default: a conv filter, or a Linear neuron's
+incoming weights; `in` and `shape` are allowed).
+Numerically safe [choice]: the denominator is sqrt(||x||_2^2 + eps^2), so an all-zero filter
+or layer gives ratio 0 with a finite (zero) gradient instead of 0/0; for any x with
+||x||_2 >> eps the value is the ratio itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from sparsenet.regularizers._groups import group_dims
+from sparsenet.regularizers.base import Regularizer, check_choice, check_number
+
+MODES = ("filter_norms", "per_filter", "layer")
+
+
+class L1L2(Regularizer):
+    def __init__(
+        self,
+        strength: float = 1e-3,
+        mode: str = "filter_norms",
+        structure: str = "out",
+        eps: float = 1e-8,
+        layers: Mapping[str, float | None] | None = None,
+        proximal: bool = False,
+    ) -> None:
+        # no closed-form prox: proximal=true is refused by the base class with that reason
+        super().__init__(strength=strength, layers=layers, proximal=proximal)
+        self.mode = check_choice("mode", mode, MODES)
+        self.structure = check_choice("structure", structure, ("out", "in", "shape"))
+        self.eps = check_number("eps", eps, above=0)
+
+    def applies_to(self, module: nn.Module) -> bool:
+        return self.structure != "shape" or isinstance(module, nn.Conv2d)
+
+    def _safe_l2(self, squares: torch.Tensor) -> torch.Tensor:
+        return (squares + self.eps**2).sqrt()
+
+    def layer_penalty(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.mode == "layer":
+            return weight.abs().sum() / self._safe_l2(weight.square().sum())
+        dims = group_dims(weight, self.structure)
+        if self.mode == "per_filter":
+            return (weight.abs().sum(dims) / self._safe_l2(weight.square().sum(dims))).sum()
+        norms = torch.linalg.vector_norm(weight, ord=2, dim=dims)
+        return norms.sum() / self._safe_l2(weight.square().sum())
+
+    def describe(self) -> dict:
+        return {
+            **super().describe(),
+            "mode": self.mode,
+            "structure": self.structure,
+            "eps": self.eps,
+        }
