@@ -11,7 +11,8 @@ pruned network is measured twice: with the exact border fold (`prune.fold=exact`
 default: zero-padded consumer convs become FoldedConv2d, one extra element-wise add each) and
 with `prune.fold=bias`, so the fold's own cost is visible.
 
-    python scripts/bench_pruning.py [--repeats 30] [--batch-sizes 64 1] [--out scripts/results]
+    python scripts/bench_pruning.py [--repeats 30] [--batch-sizes 64 1] [--threads N]
+                                    [--out scripts/results]
 
 Writes <out>/bench_pruning.json and <out>/bench_pruning.md. Random weights are enough here:
 latency depends on the shapes, not on the values. The machine's load average is recorded
@@ -26,6 +27,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -111,8 +113,8 @@ def _markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         "# Pruning benchmark: MACs vs measured CPU latency",
         "",
-        f"`python scripts/bench_pruning.py` on {meta['machine']}, torch {meta['torch']}, "
-        f"{meta['threads']} threads; {meta['repeats']} interleaved repeats after "
+        f"`{meta['command']}` on {meta['machine']}, torch {meta['torch']}, "
+        f"{meta['threads']} thread(s); {meta['repeats']} interleaved repeats after "
         f"{meta['warmup']} warm-up passes; load average {meta['load_before']} before, "
         f"{meta['load_after']} after.",
         "",
@@ -165,13 +167,23 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 1])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads (0: torch's default). 1 is robust to other processes "
+        "on the machine: with more threads than free cores, OpenMP barriers stall.",
+    )
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     load_before = [round(v, 2) for v in os.getloadavg()]
     rows = [bench(n, args.batch_sizes, args.repeats, args.warmup) for n in args.models]
     load_after = [round(v, 2) for v in os.getloadavg()]
     cores = os.cpu_count() or 1
     meta = {
+        "command": " ".join(["python scripts/bench_pruning.py", *sys.argv[1:]]),
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
         "cores": cores,
         "torch": torch.__version__,

@@ -63,6 +63,15 @@ VARIANTS = [
     ("l1_l2 mode=per_filter", ["regularizer=l1_l2", "regularizer.mode=per_filter"]),
     ("l1_l2 mode=layer", ["regularizer=l1_l2", "regularizer.mode=layer"]),
     ("variance estimator=gaussian", ["regularizer=variance", "regularizer.estimator=gaussian"]),
+    ("variance max_weights=null", ["regularizer=variance", "regularizer.max_weights=null"]),
+    (
+        "variance gaussian max_weights=null",
+        ["regularizer=variance", "regularizer.estimator=gaussian", "regularizer.max_weights=null"],
+    ),
+    (
+        "sgl_variance max_weights=null",
+        ["regularizer=sgl_variance", "regularizer.parts.variance.max_weights=null"],
+    ),
 ]
 
 

@@ -22,6 +22,16 @@ from sparsenet.models import get_model, list_models
 from sparsenet.pruning import FoldedConv2d, PruneSettings, prune_units
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small tensors: one intra-op thread is as fast, and it does not stall (OpenMP barriers)
+    when other processes share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _input_shape(name: str) -> tuple[int, int, int]:
     return (3, 32, 32) if name.startswith(("vgg", "resnet")) else (1, 28, 28)
 

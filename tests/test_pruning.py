@@ -19,6 +19,16 @@ from sparsenet.pruning import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small tensors: one intra-op thread is as fast, and it does not stall (OpenMP barriers)
+    when other processes share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _randomize_batchnorm(model: nn.Module) -> None:
     """Non-trivial BN statistics and shifts, so a zeroed filter still emits a constant."""
     for m in model.modules():

@@ -17,6 +17,16 @@ from sparsenet.pipeline.stages import (
 from sparsenet.pruning import FoldedConv2d
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small tensors: one intra-op thread is as fast, and it does not stall (OpenMP barriers)
+    when other processes share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _compose(*overrides: str):
     with initialize_config_module(config_module="sparsenet.conf", version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))

@@ -338,3 +338,27 @@ def test_soft_histogram_is_a_gaussian_kernel_density():
     exact = torch.exp(-0.5 * (centres[:, None] - u[None, :]) ** 2 / h**2).sum(1)
     exact = exact / exact.sum()
     torch.testing.assert_close(p, exact, rtol=0.02, atol=2e-4)
+
+
+@pytest.mark.parametrize("estimator", ["histogram", "gaussian"])
+def test_variance_of_several_layers_is_the_sum_of_single_layers(estimator):
+    """The layers share one buffer in the hand-written backward passes: no cross-talk."""
+    layers = _layers()
+    model = nn.Sequential(layers["conv"], layers["linear"])  # never run, only regularized
+    opts = dict(estimator=estimator, pi=0.7, s0=0.1, s1=1.5, bins=21, span=3.0)
+    reg = Variance(1.0, layers={"1": 2.0}, **opts)
+    reg.init_std.update({"0": 0.15, "1": 0.3})
+    value = reg(model)
+    value.backward()
+    expected, grads = 0.0, []
+    for name, layer, scale in (("0", layers["conv"], 1.0), ("1", layers["linear"], 2.0)):
+        single = Variance(1.0, **opts)
+        single.init_std["0"] = reg.init_std[name]
+        v, g = _naive_value_and_grad(
+            lambda w, single=single: single.layer_kls([w], [single.init_std["0"]])[0], layer
+        )
+        expected += scale * v
+        grads.append(scale * g)
+    torch.testing.assert_close(value.detach(), expected)
+    torch.testing.assert_close(layers["conv"].weight.grad, grads[0])
+    torch.testing.assert_close(layers["linear"].weight.grad, grads[1])

@@ -39,6 +39,8 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+WHOLE_MAP_ADD_BELOW = 1 << 16  # output elements: below, one add beats four frame-slice adds
+
 
 def needs_border_correction(conv: nn.Conv2d) -> bool:
     """True when a constant input does not give a constant output: zero padding > 0."""
@@ -85,10 +87,10 @@ class FoldedConv2d(nn.Conv2d):
         folded.train(conv.training)
         return folded
 
-    def _terms(self, height: int, width: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    def _compute_terms(self, height: int, width: int):
         """The border map for an input of height x width and its frame (top, bottom, left,
-        right): the output rows / columns whose receptive field reaches into the padding.
-        Outside the frame the map is exactly zero."""
+        right): the output rows / columns whose window reaches into the padding; outside the
+        frame the map is exactly zero. The frame is None where it covers most of the map."""
         kernel = self.fold_kernel
         if kernel.shape[0] != self.out_channels:
             raise RuntimeError(
@@ -96,12 +98,6 @@ class FoldedConv2d(nn.Conv2d):
                 f"{self.out_channels} out-channels; prune it with a DependencyGraph that has "
                 "sparsenet.pruning.customized_pruners() registered"
             )
-        cacheable = not (torch.jit.is_tracing() or torch.compiler.is_compiling())
-        if cacheable:
-            key = (height, width, kernel.device, kernel.dtype, kernel.data_ptr(), kernel._version)
-            cached = self._border_cache.get(key)
-            if cached is not None:
-                return cached
         ones = torch.ones(1, 1, height, width, dtype=kernel.dtype, device=kernel.device)
         geometry = (self.stride, self.padding, self.dilation)
         full = F.conv2d(ones, kernel, None, *geometry)[0]
@@ -109,36 +105,46 @@ class FoldedConv2d(nn.Conv2d):
         window = torch.ones(1, 1, *self.kernel_size, dtype=kernel.dtype, device=kernel.device)
         inside = F.conv2d(ones, window, None, *geometry)[0, 0] == window.numel()
         border = torch.where(inside, 0.0, full - kernel.sum(dim=(1, 2, 3))[:, None, None])
-        frame = (inside.shape[0], 0, 0, 0)  # no interior: the whole map is frame
-        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and inside.any():
-            rows = inside.any(1).nonzero().flatten().tolist()
-            cols = inside.any(0).nonzero().flatten().tolist()
-            last_row, last_col = inside.shape[0] - 1, inside.shape[1] - 1
-            frame = (rows[0], last_row - rows[-1], cols[0], last_col - cols[-1])
-        if cacheable:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or not inside.any():
+            return border, None
+        rows = inside.any(1).nonzero().flatten().tolist()
+        cols = inside.any(0).nonzero().flatten().tolist()
+        out_h, out_w = inside.shape
+        top, bottom = rows[0], out_h - 1 - rows[-1]
+        left, right = cols[0], out_w - 1 - cols[-1]
+        framed = (top + bottom) * out_w + (left + right) * (out_h - top - bottom)
+        return border, ((top, bottom, left, right) if 2 * framed <= out_h * out_w else None)
+
+    def _terms(self, height: int, width: int):
+        """`_compute_terms`, cached for the last input size (and this fold kernel)."""
+        kernel = self.fold_kernel
+        key = (height, width, kernel.device, kernel.dtype, kernel.data_ptr(), kernel._version)
+        cached = self._border_cache.get(key)
+        if cached is None:
+            cached = self._compute_terms(height, width)
             self._border_cache.clear()  # one size at a time: cheap to rebuild, never stale
-            self._border_cache[key] = (border, frame)
-        return border, frame
+            self._border_cache[key] = cached
+        return cached
 
     def border(self, height: int, width: int) -> torch.Tensor:
         """conv2d(ones(height, width), K) - sum(K): (C_out, H_out, W_out), zero inside."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return self._compute_terms(height, width)[0]
         return self._terms(height, width)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
-        border, (top, bottom, left, right) = self._terms(x.shape[-2], x.shape[-1])
-        border = border.to(out.dtype)
-        height, width = out.shape[-2:]
-        framed = (top + bottom) * width + (left + right) * (height - top - bottom)
-        if (
-            torch.is_grad_enabled()
-            or torch.jit.is_tracing()
-            or torch.compiler.is_compiling()
-            or 2 * framed > height * width
-        ):
-            return out + border
-        # Inference: add the border in place, on the frame only (the interior is zero).
-        bottom_row, right_col = height - bottom, width - right
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return out + self.border(x.shape[-2], x.shape[-1]).to(out.dtype)
+        # Inference: add in place; on large outputs only on the frame (the interior is zero),
+        # on small ones in one operation (four slice adds cost more than they save there).
+        border, frame = self._terms(x.shape[-2], x.shape[-1])
+        if border.dtype != out.dtype:
+            border = border.to(out.dtype)
+        if frame is None or out.numel() <= WHOLE_MAP_ADD_BELOW:
+            return out.add_(border)
+        top, bottom, left, right = frame
+        bottom_row, right_col = out.shape[-2] - bottom, out.shape[-1] - right
         out[..., :top, :] += border[:, :top, :]
         out[..., bottom_row:, :] += border[:, bottom_row:, :]
         out[..., top:bottom_row, :left] += border[:, top:bottom_row, :left]

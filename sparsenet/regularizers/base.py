@@ -9,8 +9,9 @@ multiplier m_l (`null` or 0 excludes the layer; the first matching pattern wins;
 pattern matches has m_l = 1). The pattern `<output>` names the network's output layer (the
 last Conv2d/Linear in module order, the layer pruning never removes), so one config can leave
 the classifier out of any model. A pattern that matches no layer is an error, raised by
-`bind()`. Biases and BatchNorm parameters are not regularized unless a regularizer's config
-says so (`GroupLasso(include_batchnorm=True)` with the `coupled` structure).
+`bind()`. Bad values raise `sparsenet.errors.ConfigError` (a ValueError) naming the key,
+the value and what is allowed. Biases and BatchNorm parameters are not regularized unless a
+regularizer's config says so (`GroupLasso(include_batchnorm=True)`, `coupled` structure).
 
 Proximal option (off by default, available where the penalty has a closed-form proximal
 operator, `layer_prox`): the smooth loss then carries no R term (`penalty` returns 0) and

@@ -22,7 +22,7 @@ from sparsenet.regularizers.base import Regularizer
 
 
 class L1(Regularizer):
-    def __init__(self, strength: float = 1e-5, layers=None, proximal: bool = False) -> None:
+    def __init__(self, strength: float = 5e-4, layers=None, proximal: bool = False) -> None:
         super().__init__(strength=strength, layers=layers, proximal=proximal)
 
     def layer_penalty(self, weight: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,9 @@ group's layer multiplier is that of its root layer (the layer whose units it rem
 `coupled` needs `bind(model, example_input)` (the pipeline calls it before each stage).
 Group lasso is applied to every Conv2d/Linear layer unless `layers` says otherwise; the
 network's input pixels are groups only under `in` (paper A's feature selection).
+[choice] Scardapane et al. also put one group on each layer's bias unit (the biases as the
+outgoing weights of a constant input); biases are not regularized here (PAPERS.md: unless a
+config says so), so those groups are left out.
 
 Proximal option ([choice], off by default): after each optimizer step apply group
 soft-thresholding w_g <- w_g * max(0, 1 - lr * strength * m_l * c_g / ||w_g||), the exact

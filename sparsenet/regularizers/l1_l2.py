@@ -37,7 +37,7 @@ MODES = ("filter_norms", "per_filter", "layer")
 class L1L2(Regularizer):
     def __init__(
         self,
-        strength: float = 1e-3,
+        strength: float = 1e-1,
         mode: str = "filter_norms",
         structure: str = "out",
         eps: float = 1e-8,

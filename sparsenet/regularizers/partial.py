@@ -23,6 +23,10 @@ or `out`, else `in`.
 new unit count with the same rule; pruning keeps unit order, so with `last` the exempt
 units stay the ones that were never penalized.
 
+Paper A's loss is CE + 1e-4 * R (Adam, lr 1e-3): run it with `model=mlp optimizer=adam`.
+Its code applies softmax twice (softmax output fed to a softmax cross-entropy); sparsenet's
+loss is the plain cross-entropy of the logits, so that bug is not reproduced.
+
 The run's strength is strength * inner.strength (configs set inner.strength: 1.0); the
 inner's `layers` map picks layers and per-layer multipliers; the proximal option is the
 inner's (`inner.proximal`), applied to the regularized units only.

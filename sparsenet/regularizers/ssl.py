@@ -51,7 +51,7 @@ _CONV_STRUCTURE = {"filter": "out", "channel": "in", "shape": "shape", "depth": 
 class SSL(Regularizer):
     def __init__(
         self,
-        strength: float = 1e-4,
+        strength: float = 3e-3,
         group_types: Mapping[str, float] | None = None,
         neuron_structure: str = "in",
         zero_threshold: float = 1e-4,
