@@ -25,7 +25,7 @@ from sparsenet.measure import dense_layer_units, describe_model, measure_latency
 from sparsenet.models import get_model
 from sparsenet.pipeline.engine import evaluate
 from sparsenet.pipeline.resume import completed_metrics, config_hash
-from sparsenet.pipeline.stages import STAGES, RunContext
+from sparsenet.pipeline.stages import STAGES, RunContext, check_stage_configs
 from sparsenet.runtime import (
     atomic_write_bytes,
     atomic_write_json,
@@ -43,6 +43,7 @@ def _model_kwargs(cfg: DictConfig) -> dict:
 
 def build_context(cfg: DictConfig, run_dir: Path) -> RunContext:
     set_num_threads(cfg.train.get("num_threads"))
+    check_stage_configs(cfg)  # bad prune/finetune values fail before training, not after
     seed_everything(int(cfg.seed))
     device = select_device(str(cfg.train.device))
     dataset_options = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -120,7 +121,13 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
         atomic_write_bytes(
             run_dir / "history.csv", pd.DataFrame(ctx.history).to_csv(index=False).encode()
         )
-    save_pruned(ctx.model.cpu(), run_dir / "model", _model_kwargs(cfg))
+    save_pruned(
+        ctx.model.cpu(),
+        run_dir / "model",
+        _model_kwargs(cfg),
+        config=metrics["config"],
+        metrics=metrics,
+    )
     atomic_write_json(run_dir / METRICS_FILE, metrics)
     return metrics
 
