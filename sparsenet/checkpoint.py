@@ -115,6 +115,18 @@ def save_pruned(
         atomic_write_json(folder / METRICS_FILE, metrics)
 
 
+def narrow_to_spec(model: nn.Module, layers: dict[str, dict[str, Any]], source: str) -> None:
+    """Give a freshly built dense model the per-layer shapes of `shape_spec`, in place; the
+    tensor values are then filled in by `load_state_dict`."""
+    modules = dict(model.named_modules())
+    for name, entry in layers.items():
+        if name not in modules:
+            raise ValueError(f"{source}: layer '{name}' is not in the model")
+        narrowed = _narrow(modules[name], entry)
+        if narrowed is not modules[name]:
+            _set_module(model, name, narrowed)
+
+
 def load_pruned(folder: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a (pruned) model saved by `save_pruned`; returns it in eval mode."""
     folder = Path(folder)
@@ -126,13 +138,7 @@ def load_pruned(folder: str | Path, map_location: str | torch.device = "cpu") ->
         )
     model_cfg = dict(spec["model"])
     model = get_model(model_cfg.pop("name"), **model_cfg)
-    modules = dict(model.named_modules())
-    for name, entry in spec["layers"].items():
-        if name not in modules:
-            raise ValueError(f"{folder / SPEC_FILE}: layer '{name}' is not in the model")
-        narrowed = _narrow(modules[name], entry)
-        if narrowed is not modules[name]:
-            _set_module(model, name, narrowed)
+    narrow_to_spec(model, spec["layers"], source=str(folder / SPEC_FILE))
     state = torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval()

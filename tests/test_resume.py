@@ -63,3 +63,51 @@ def test_a_folder_holding_another_config_is_not_overwritten(tmp_path):
     assert "holds a run of another config" in clash.stderr and "Traceback" not in clash.stderr
     assert (run_dir / "metrics.json").read_text() == kept
     assert json.loads(kept)["config"]["seed"] == 0
+
+
+def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(tmp_path):
+    """SIGKILL after the first checkpointed epoch, run the same command again: every figure
+    except timings equals the uninterrupted run's (same seed, CPU)."""
+    import signal
+    import time
+
+    args = (
+        "experiment=smoke",
+        "dataset.train_size=3072",
+        "train.epochs=3",
+        "finetune.epochs=2",
+        "regularizer.proximal=true",
+        "regularizer.strength=0.015",
+        "train.progress=false",
+        "train.num_threads=1",
+    )
+    straight = _sparsenet(*args, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sparsenet", *args, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.json").exists()
+
+    resumed = _sparsenet(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    assert not (run_dir / "checkpoint.pt").exists()
+
+    def figures(folder):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        keep = ("test_acc", "test_loss", "params", "macs", "nonzero_params", "layers")
+        return {s: {k: v.get(k) for k in keep} for s, v in metrics["stages"].items()}
+
+    assert figures(run_dir) == figures(tmp_path / "straight")
+    history = (run_dir / "history.csv").read_text()
+    assert history == (tmp_path / "straight" / "history.csv").read_text()

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
+
+from sparsenet.runtime import atomic_torch_save
 
 # Overrides that change where data is read or how progress is shown, not what a run computes.
 IGNORED_KEYS = (
@@ -68,3 +73,46 @@ def completed_metrics(metrics_file: Path, expected_hash: str) -> dict | None:
     if metrics.get("status") == "completed" and metrics.get("config_hash") == expected_hash:
         return metrics
     return None
+
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def rng_state() -> dict:
+    """The global RNGs (CPU torch, CUDA if any, Python, NumPy) as plain data (weights_only)."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, key, internal, *rest = state["python"]
+    random.setstate((version, tuple(key), internal, *rest))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> None:
+    """Written atomically after every epoch and every stage: a kill loses at most one epoch."""
+    atomic_torch_save(state, Path(run_dir) / CHECKPOINT_FILE)
+
+
+def load_checkpoint(run_dir: Path, expected_hash: str) -> dict | None:
+    """The run's last checkpoint if it belongs to this config, else None. Only tensors and
+    plain containers are read (weights_only=True): a checkpoint cannot run code."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a damaged checkpoint means: start over
+        print(f"ignoring unreadable checkpoint {path}: {error}")
+        return None
+    return state if state.get("config_hash") == expected_hash else None

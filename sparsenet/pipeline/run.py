@@ -17,14 +17,20 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sparsenet.checkpoint import save_pruned
+from sparsenet.checkpoint import narrow_to_spec, save_pruned
 from sparsenet.data import build_datasets, check_matches_config
 from sparsenet.data.loaders import make_loader
 from sparsenet.errors import ConfigError
 from sparsenet.measure import dense_layer_units, describe_model, measure_latency_ms
 from sparsenet.models import get_model
 from sparsenet.pipeline.engine import evaluate
-from sparsenet.pipeline.resume import completed_metrics, config_hash
+from sparsenet.pipeline.resume import (
+    CHECKPOINT_FILE,
+    completed_metrics,
+    config_hash,
+    load_checkpoint,
+    set_rng_state,
+)
 from sparsenet.pipeline.stages import STAGES, RunContext, check_stage_configs
 from sparsenet.runtime import (
     atomic_write_bytes,
@@ -55,6 +61,8 @@ def build_context(cfg: DictConfig, run_dir: Path) -> RunContext:
     check_matches_config(data, **declared)
     model_kwargs = _model_kwargs(cfg)
     model = get_model(model_kwargs.pop("name"), **model_kwargs).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     loader_options = dict(
         num_workers=num_workers,
         device=device,
@@ -98,8 +106,11 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
     previous = _previous_run(run_dir / METRICS_FILE, chash, bool(cfg.resume))
     if previous is not None:
         return previous
+    checkpoint = load_checkpoint(run_dir, chash) if cfg.resume else None
     ctx = build_context(cfg, run_dir)
+    ctx.config_hash = chash
     dense_units = dense_layer_units(ctx.model)
+    first_stage = _restore(ctx, checkpoint) if checkpoint else 0
     metrics: dict = {
         "status": "running",
         "config_hash": chash,
@@ -107,14 +118,18 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
         "regularizer": ctx.regularizer.describe(),
         "device": str(ctx.device),
         "num_threads": torch.get_num_threads(),
-        "stages": {},
+        "stages": ctx.stage_metrics,
     }
-    for name in cfg.stages:
+    for index, name in enumerate(cfg.stages):
+        if index < first_stage:
+            continue
+        ctx.stage_index = index
         start = time.perf_counter()
         extra = STAGES[name](ctx)
         wall = time.perf_counter() - start
         metrics["stages"][name] = {**_measure(ctx, dense_units), "wall_s": round(wall, 3), **extra}
         atomic_write_json(run_dir / METRICS_FILE, metrics)
+        ctx.save_checkpoint(index + 1, 0)
     metrics["summary"] = summarize(metrics["stages"])
     metrics["status"] = "completed"
     if ctx.history:
@@ -129,7 +144,25 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
         metrics=metrics,
     )
     atomic_write_json(run_dir / METRICS_FILE, metrics)
+    (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # model/ now holds the result
     return metrics
+
+
+def _restore(ctx: RunContext, checkpoint: dict) -> int:
+    """Put the run back where its checkpoint left it; returns the stage to start from.
+    A stage interrupted mid-way continues from its last epoch (see stages._resume_stage)."""
+    narrow_to_spec(ctx.model, checkpoint["model_spec"], source=str(ctx.run_dir / CHECKPOINT_FILE))
+    ctx.model.load_state_dict(checkpoint["model_state"])
+    ctx.model.to(ctx.device)
+    ctx.history = list(checkpoint["history"])
+    ctx.stage_metrics = dict(checkpoint["stages"])
+    ctx.resume_state = checkpoint
+    ctx.train_loader.set_epoch(checkpoint["loader_epoch"])
+    set_rng_state(checkpoint["rng"])
+    stage = checkpoint["stage_index"]
+    where = ctx.cfg.stages[stage] if stage < len(ctx.cfg.stages) else "the end"
+    print(f"resuming {ctx.run_dir}: {where}, after epoch {checkpoint['stage_epoch']}", flush=True)
+    return stage
 
 
 def _previous_run(metrics_file: Path, chash: str, resume: bool) -> dict | None:

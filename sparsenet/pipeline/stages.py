@@ -12,9 +12,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from sparsenet.checkpoint import shape_spec
 from sparsenet.data import DataSplits
 from sparsenet.errors import ConfigError
-from sparsenet.pipeline.engine import evaluate, make_schedule, train_epoch
+from sparsenet.pipeline.engine import StepSettings, evaluate, make_schedule, train_epoch
+from sparsenet.pipeline.resume import rng_state, save_checkpoint, set_rng_state
 from sparsenet.pruning import PruneSettings, prune_units
 from sparsenet.regularizers.base import Regularizer
 
@@ -30,6 +32,29 @@ class RunContext:
     test_loader: Any
     regularizer: Regularizer
     history: list[dict] = field(default_factory=list)
+    config_hash: str = ""
+    stage_index: int = 0  # position in cfg.stages of the stage running now
+    stage_metrics: dict = field(default_factory=dict)  # figures of the stages already done
+    resume_state: dict | None = None  # a checkpoint to continue the current stage from
+
+    def save_checkpoint(self, stage_index: int, stage_epoch: int, **training_state) -> None:
+        """Everything needed to continue after `stage_epoch` epochs of stage `stage_index`
+        (optimizer and scheduler states mid-stage), as tensors and plain data."""
+        save_checkpoint(
+            self.run_dir,
+            {
+                "config_hash": self.config_hash,
+                "stage_index": stage_index,
+                "stage_epoch": stage_epoch,
+                "loader_epoch": getattr(self.train_loader, "epoch", 0),
+                "model_spec": shape_spec(self.model),
+                "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "rng": rng_state(),
+                "history": self.history,
+                "stages": self.stage_metrics,
+                **{k: v.state_dict() for k, v in training_state.items()},
+            },
+        )
 
 
 def _fit(
@@ -51,14 +76,19 @@ def _fit(
     sched_cfg = {k: v for k, v in cfg.scheduler.items() if k != "name"}
     scheduler = make_schedule(optimizer, cfg.scheduler.name, total_steps, **sched_cfg)
     progress = bool(cfg.train.progress)
+    settings = StepSettings(amp=bool(cfg.train.amp), channels_last=bool(cfg.train.channels_last))
+    scaler = settings.grad_scaler(ctx.device)
     if regularizer is not None:
         example = torch.zeros(1, *ctx.data.input_shape, device=ctx.device)
         regularizer.bind(ctx.model, example)
-    last: dict = {}
-    for epoch in range(1, epochs + 1):
+    # Compiled per stage: pruning changes the shapes. Parameters stay those of ctx.model.
+    step_model = torch.compile(ctx.model) if cfg.train.compile else ctx.model
+    start_epoch = _resume_stage(ctx, optimizer, scheduler, scaler)
+    last: dict = ctx.history[-1] if start_epoch else {}
+    for epoch in range(start_epoch + 1, epochs + 1):
         lr_now = optimizer.param_groups[0]["lr"]
         stats = train_epoch(
-            ctx.model,
+            step_model,
             ctx.train_loader,
             optimizer,
             scheduler,
@@ -66,10 +96,15 @@ def _fit(
             ctx.device,
             description=f"{stage} {epoch}/{epochs}",
             progress=progress,
+            settings=settings,
+            scaler=scaler,
         )
-        stats.update(evaluate(ctx.model, ctx.test_loader, ctx.device))
+        stats.update(evaluate(step_model, ctx.test_loader, ctx.device, settings))
         last = {"stage": stage, "epoch": epoch, "lr": lr_now, **stats}
         ctx.history.append(last)
+        ctx.save_checkpoint(
+            ctx.stage_index, epoch, optimizer=optimizer, scheduler=scheduler, scaler=scaler
+        )
         if progress:
             print(
                 f"[{stage}] epoch {epoch}/{epochs}  loss {stats['loss']:.4f}  "
@@ -78,6 +113,20 @@ def _fit(
                 flush=True,
             )
     return {"epochs": epochs, "final_loss": last.get("loss"), "final_reg": last.get("reg")}
+
+
+def _resume_stage(ctx: RunContext, optimizer, scheduler, scaler) -> int:
+    """Epochs of this stage already done according to ctx.resume_state (restoring the
+    optimizer, schedule, scaler, RNGs and data order), else 0."""
+    state, ctx.resume_state = ctx.resume_state, None
+    if not state or state["stage_index"] != ctx.stage_index or state["stage_epoch"] == 0:
+        return 0
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    ctx.train_loader.set_epoch(state["loader_epoch"])
+    return int(state["stage_epoch"])
 
 
 def train_stage(ctx: RunContext) -> dict:
