@@ -106,3 +106,19 @@ def test_list_prints_the_config_choices(tmp_path):
     proc = _sparsenet("list", cwd=tmp_path)
     assert proc.returncode == 0
     assert "lenet5" in proc.stdout and "group_lasso" in proc.stdout and "mnist" in proc.stdout
+
+
+def test_gpu_settings_compose_and_run_on_cpu(tmp_path):
+    """train.amp (bfloat16 autocast on CPU), channels_last and torch.compile, all at once."""
+    run_dir = tmp_path / "run"
+    proc = _sparsenet(
+        "experiment=smoke",
+        "train.amp=true",
+        "train.channels_last=true",
+        "train.compile=true",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["config"]["train"]["amp"] is True and metrics["status"] == "completed"
