@@ -111,3 +111,47 @@ def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(tmp_path):
     assert figures(run_dir) == figures(tmp_path / "straight")
     history = (run_dir / "history.csv").read_text()
     assert history == (tmp_path / "straight" / "history.csv").read_text()
+
+
+def test_interrupted_sweep_reruns_only_what_did_not_finish(tmp_path):
+    import csv
+    import signal
+    import time
+
+    sweep = tmp_path / "sweep"
+    args = ("-m", *QUICK, "dataset.train_size=2048", "seed=0,1,2", f"hydra.sweep.dir={sweep}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sparsenet", *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline:  # until the first run's metrics say completed
+        done = [p for p in sweep.glob("*/metrics.json") if '"completed"' in p.read_text()]
+        if done:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {
+        p: p.stat().st_mtime_ns
+        for p in sweep.glob("*/metrics.json")
+        if json.loads(p.read_text())["status"] == "completed"
+    }
+    assert 1 <= len(finished) < 3
+
+    again = subprocess.run(
+        [sys.executable, "-m", "sparsenet", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("already completed") == len(finished)
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and int(float(rows[0]["seeds"])) == 3
