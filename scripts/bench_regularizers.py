@@ -2,16 +2,17 @@
 
 A step is forward + cross-entropy (+ R(model)) + backward + SGD step (+ the regularizer's
 after-step hook), as in `sparsenet.pipeline.engine.train_epoch`. Every config of
-conf/regularizer/ (default values) and a few variants are timed in one process, interleaved
-(round r times every variant once, in a rotated order) so that load from other processes hits
+conf/regularizer/ (default values) and a few variants are timed in one process, each with its
+own copy of the model and optimizer, over interleaved rounds (every variant once per round).
 Each block of steps of a variant is timed next to a block without regularizer (alternating
 which comes first); overhead = median over rounds of (block with R / block without) - 1, so
 load from other processes that drifts over seconds cancels out. Target: overhead <= 15%.
 `step (ms)` is the median block mean of the variant (of the baseline for `none`).
 
-    python scripts/bench_regularizers.py [--rounds 15] [--steps 10] [--out scripts/results]
+    python scripts/bench_regularizers.py [--rounds 15] [--steps 5] [--threads N] [--only NAME ...]
 
-Writes <out>/bench_regularizers.json and <out>/bench_regularizers.md and prints the table.
+Writes <out>/bench_regularizers.json and .md (bench_regularizers_t<N>.* with --threads N)
+and prints the table.
 """
 
 from __future__ import annotations
@@ -199,10 +200,9 @@ def main() -> None:
         )
     table = "\n".join(lines) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_regularizers.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "bench_regularizers.md").write_text(
-        "# Regularizer cost per training step\n\n" + table
-    )
+    stem = "bench_regularizers" + (f"_t{args.threads}" if args.threads else "")
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text("# Regularizer cost per training step\n\n" + table)
     print(table)
 
 

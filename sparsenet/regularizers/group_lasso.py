@@ -39,7 +39,7 @@ from sparsenet.regularizers._groups import (
     STRUCTURES,
     check_structure,
     group_matrix,
-    group_norms,
+    group_penalty,
     group_size,
     group_soft_threshold,
     ungroup,
@@ -85,7 +85,7 @@ class GroupLasso(Regularizer):
         return math.sqrt(group_size(weight, self.structure)) if self.sqrt_weighting else 1.0
 
     def layer_penalty(self, weight: torch.Tensor) -> torch.Tensor:
-        return self._group_weight(weight) * group_norms(weight, self.structure).sum()
+        return group_penalty(weight, self.structure, self._group_weight(weight))
 
     def layer_prox(self, weight: torch.Tensor, tau: float) -> torch.Tensor:
         rows = group_matrix(weight, self.structure)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from sparsenet.errors import ConfigError
-from sparsenet.regularizers._groups import soft_threshold
+from sparsenet.regularizers._groups import group_penalty, soft_threshold
 from sparsenet.regularizers.base import check_choice, check_number
 from sparsenet.regularizers.group_lasso import GroupLasso
 
@@ -59,8 +59,8 @@ class SparseGroupLasso(GroupLasso):
             self.group_weight, self.l1_weight = 1.0, 1.0
 
     def layer_penalty(self, weight: torch.Tensor) -> torch.Tensor:
-        group = super().layer_penalty(weight)
-        return self.group_weight * group + self.l1_weight * weight.abs().sum()
+        group_coef = self.group_weight * self._group_weight(weight)
+        return group_penalty(weight, self.structure, group_coef, self.l1_weight)
 
     def layer_prox(self, weight: torch.Tensor, tau: float) -> torch.Tensor:
         shrunk = soft_threshold(weight, tau * self.l1_weight)

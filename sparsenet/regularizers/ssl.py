@@ -38,7 +38,7 @@ from torch import nn
 
 from sparsenet.regularizers._groups import (
     group_matrix,
-    group_norms,
+    group_penalty,
     group_soft_threshold,
     ungroup,
 )
@@ -81,9 +81,7 @@ class SSL(Regularizer):
         return bool(self._structures(isinstance(module, nn.Conv2d)))
 
     def layer_penalty(self, weight: torch.Tensor) -> torch.Tensor:
-        terms = [
-            lam * group_norms(weight, s).sum() for s, lam in self._structures(weight.dim() == 4)
-        ]
+        terms = [group_penalty(weight, s, lam) for s, lam in self._structures(weight.dim() == 4)]
         return torch.stack(terms).sum() if terms else weight.new_zeros(())
 
     def layer_prox(self, weight: torch.Tensor, tau: float) -> torch.Tensor:
