@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import time
@@ -173,8 +174,20 @@ def main() -> None:
                 "describe": run["reg"].describe(),
             }
         )
+    # Other processes on the same cores make steps several times slower in bursts (OpenMP
+    # threads wait for each other); the paired ratios cancel slow drifts, not such bursts.
+    base_times = baseline_run["times"]
+    spread = statistics.median(base_times) / min(base_times)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    noisy = spread > 1.3
     result = {
         "model": "lenet5",
+        "baseline_step_ms": {
+            "min": round(1000 * min(base_times), 2),
+            "median": round(1000 * statistics.median(base_times), 2),
+        },
+        "load_average_1min_at_end": load,
+        "noisy": noisy,
         "batch_size": 128,
         "device": "cpu",
         "threads": torch.get_num_threads(),
@@ -189,6 +202,15 @@ def main() -> None:
         f"LeNet-5, batch 128, CPU ({torch.get_num_threads()} threads, torch {torch.__version__}); "
         f"overhead = median of {args.rounds} paired ratios, blocks of {args.steps} steps.",
         "",
+        *(
+            [
+                f"**Unreliable**: the baseline step's median is {spread:.1f}x its minimum "
+                "(other processes were using the cores); rerun on an idle machine.",
+                "",
+            ]
+            if noisy
+            else []
+        ),
         "| regularizer | step (ms) | overhead | <= 15% |",
         "| --- | ---: | ---: | :---: |",
     ]

@@ -105,7 +105,7 @@ class GroupLasso(Regularizer):
         """m_l * c_g for every coupled group."""
         return groups.scales * (groups.sizes.sqrt() if self.sqrt_weighting else 1.0)
 
-    def group_penalty(self, model: nn.Module) -> torch.Tensor:
+    def group_lasso_penalty(self, model: nn.Module) -> torch.Tensor:
         """R_GL without the strength (sum over layers for the layer-wise structures)."""
         if self.structure != "coupled":
             return super().penalty(model)
@@ -115,7 +115,7 @@ class GroupLasso(Regularizer):
     def penalty(self, model: nn.Module) -> torch.Tensor:
         if self.proximal:
             return torch.zeros(())
-        return self.group_penalty(model)
+        return self.group_lasso_penalty(model)
 
     @torch.no_grad()
     def group_prox_(self, model: nn.Module, tau: float) -> None:

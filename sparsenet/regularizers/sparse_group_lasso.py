@@ -70,9 +70,9 @@ class SparseGroupLasso(GroupLasso):
         if self.proximal:
             return torch.zeros(())
         if self.structure != "coupled":
-            return self.group_penalty(model)  # layer_penalty already holds both terms
+            return self.group_lasso_penalty(model)  # layer_penalty already holds both terms
         l1 = [scale * m.weight.abs().sum() for _, m, scale in self.targets(model)]
-        group = self.group_penalty(model)
+        group = self.group_lasso_penalty(model)
         return self.group_weight * group + self.l1_weight * torch.stack(l1).sum()
 
     @torch.no_grad()
