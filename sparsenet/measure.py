@@ -60,15 +60,22 @@ def layer_units(
     model: nn.Module,
     dense_units: dict[str, int] | None = None,
     macs: dict[str, int] | None = None,
+    small_weight: float = 1e-3,
 ) -> list[dict]:
     """Per Conv/Linear layer: units (filters / neurons) kept and total, parameters (weight
-    and bias), MACs per sample (if `macs` is given), zero weights and weight sparsity."""
+    and bias), MACs per sample (if `macs` is given), zero weights and weight sparsity.
+
+    Paper A's figures, measured without pruning: `small_weights` = #{|w| < small_weight};
+    `inputs_alive` = input units i (columns W[:, i], input channels for Conv) whose outgoing
+    weights have sum |w| > small_weight."""
     rows = []
     for name, module in model.named_modules():
         if isinstance(module, LAYER_TYPES):
-            units = module.weight.shape[0]
-            weights = int(module.weight.numel())
-            zeros = int((module.weight.detach() == 0).sum())
+            weight = module.weight.detach()
+            units = weight.shape[0]
+            weights = int(weight.numel())
+            zeros = int((weight == 0).sum())
+            outgoing = weight.abs().transpose(0, 1).reshape(weight.shape[1], -1).sum(dim=1)
             bias = 0 if module.bias is None else int(module.bias.numel())
             row = {
                 "name": name,
@@ -78,6 +85,9 @@ def layer_units(
                 "weights": weights,
                 "zero_weights": zeros,
                 "weight_sparsity": round(zeros / weights, 6) if weights else 0.0,
+                "small_weights": int((weight.abs() < small_weight).sum()),
+                "inputs_alive": int((outgoing > small_weight).sum()),
+                "inputs_total": int(weight.shape[1]),
             }
             if macs is not None:
                 row["macs"] = int(macs.get(name, 0))
@@ -118,16 +128,25 @@ def measure_latency_ms(
 
 
 def describe_model(
-    model: nn.Module, input_shape: tuple[int, ...], dense_units: dict[str, int]
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    dense_units: dict[str, int],
+    small_weight: float = 1e-3,
 ) -> dict:
-    """Whole-model and per-layer size, cost and sparsity (no latency: see measure_latency_ms)."""
+    """Whole-model and per-layer size, cost and sparsity (no latency: see measure_latency_ms).
+    `small_weight_share` is paper A's sparsity: the share of Conv/Linear weights with
+    |w| < small_weight."""
     params = count_params(model)
     nonzero = count_nonzero_params(model)
     macs = layer_macs(model, input_shape)
+    layers = layer_units(model, dense_units, macs, small_weight)
+    weights = sum(row["weights"] for row in layers)
+    small = sum(row["small_weights"] for row in layers)
     return {
         "params": params,
         "nonzero_params": nonzero,
         "weight_sparsity": round(1 - nonzero / params, 6) if params else 0.0,
         "macs": int(sum(macs.values())),
-        "layers": layer_units(model, dense_units, macs),
+        "small_weight_share": round(small / weights, 6) if weights else 0.0,
+        "layers": layers,
     }

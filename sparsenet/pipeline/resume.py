@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from sparsenet.runtime import atomic_torch_save
 
-# Overrides that change where data is read or how progress is shown, not what a run computes.
+# Overrides that change where data is read or how progress is shown, or only describe the run
+# (`reference`: the paper figures a bundle is held against), not what a run computes.
 IGNORED_KEYS = (
     "dataset.root",
     "dataset.download",
@@ -24,6 +25,7 @@ IGNORED_KEYS = (
     "train.progress",
     "resume",
     "name",
+    "reference",
 )
 MAX_DIRNAME = 120
 RESOLVER = "sparsenet.dirname"

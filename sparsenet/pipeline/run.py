@@ -79,13 +79,28 @@ def build_context(cfg: DictConfig, run_dir: Path) -> RunContext:
         **loader_options,
     )
     regularizer = hydra.utils.instantiate(cfg.regularizer)
-    return RunContext(cfg, run_dir, device, model, data, train_loader, test_loader, regularizer)
+    ctx = RunContext(cfg, run_dir, device, model, data, train_loader, test_loader, regularizer)
+    if cfg.report.get("train_accuracy", False):
+        ctx.train_eval_loader = make_loader(
+            data.train,
+            int(cfg.train.eval_batch_size),
+            shuffle=False,
+            seed=int(cfg.seed),
+            **loader_options,
+        )
+    return ctx
 
 
 def _measure(ctx: RunContext, dense_units: dict[str, int]) -> dict:
     input_shape = tuple(ctx.data.input_shape)
+    report = ctx.cfg.report
     figures = evaluate(ctx.model, ctx.test_loader, ctx.device)
-    figures.update(describe_model(ctx.model, input_shape, dense_units))
+    if report.get("train_accuracy", False):
+        # On the training split as the training stage sees it (with its augmentation, if any).
+        train_figures = evaluate(ctx.model, ctx.train_eval_loader, ctx.device)
+        figures.update({f"train_{k.removeprefix('test_')}": v for k, v in train_figures.items()})
+    small_weight = float(report.get("small_weight", 1e-3))
+    figures.update(describe_model(ctx.model, input_shape, dense_units, small_weight))
     figures["latency_ms"] = measure_latency_ms(
         ctx.model,
         input_shape,

@@ -36,6 +36,7 @@ class RunContext:
     stage_index: int = 0  # position in cfg.stages of the stage running now
     stage_metrics: dict = field(default_factory=dict)  # figures of the stages already done
     resume_state: dict | None = None  # a checkpoint to continue the current stage from
+    train_eval_loader: Any = None  # the training split in order, for report.train_accuracy
 
     def save_checkpoint(self, stage_index: int, stage_epoch: int, **training_state) -> None:
         """Everything needed to continue after `stage_epoch` epochs of stage `stage_index`
