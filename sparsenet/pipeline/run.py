@@ -35,6 +35,7 @@ from sparsenet.pipeline.stages import STAGES, RunContext, check_stage_configs
 from sparsenet.runtime import (
     atomic_write_bytes,
     atomic_write_json,
+    flush_denormals,
     seed_everything,
     select_device,
     set_num_threads,
@@ -48,6 +49,7 @@ def _model_kwargs(cfg: DictConfig) -> dict:
 
 
 def build_context(cfg: DictConfig, run_dir: Path) -> RunContext:
+    flush_denormals(bool(cfg.train.get("flush_denormal", True)))
     set_num_threads(cfg.train.get("num_threads"))
     check_stage_configs(cfg)  # bad prune/finetune values fail before training, not after
     seed_everything(int(cfg.seed))
