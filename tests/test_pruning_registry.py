@@ -46,7 +46,7 @@ def _producer_sets(name: str, model: nn.Module) -> list[list[str]]:
     chain or a block's inner conv, every writer of a residual stage for a stage channel."""
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     hidden = layers[:-1]
-    if name in ("mlp", "lenet300_100", "lenet5"):
+    if name in ("mlp", "lenet300_100", "lenet5", "cnn332k"):
         return [[n] for n in hidden]
     if name == "vgg16":
         return [[n] for n in ("features.conv1_1", "features.conv3_3", "features.conv5_3")]
