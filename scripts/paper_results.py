@@ -143,7 +143,9 @@ def bundle_section(bundle: str, runs: list[Run]) -> list[str]:
     groups = defaultdict(list)
     for run in runs:
         groups[group_key(run)].append(run)
+    commands = []
     for key, members in sorted(groups.items()):
+        commands.append(f"- `{command(members)}`")
         d = describe_group(members)
         short = shortened(members, schedule) or "no"
         lines.append(
@@ -151,7 +153,15 @@ def bundle_section(bundle: str, runs: list[Run]) -> list[str]:
             f"{d['params_pct']} | {d['params']} | {d['macs_pct']} | {d['units']} | "
             f"{d['wall_min']} |"
         )
-    return lines + [""]
+    return lines + ["", "Commands (`SPARSENET_DATA=../shared/data`):", "", *commands, ""]
+
+
+def command(runs: list[Run]) -> str:
+    """The sweep command that reproduces a group of runs."""
+    seeds = sorted({int(lookup(r.config, "seed")) for r in runs})
+    overrides = {k: v for k, v in runs[0].overrides.items() if k not in ("seed", "train.progress")}
+    words = [f"{k}={v}" for k, v in sorted(overrides.items())]
+    return " ".join(["sparsenet -m", *words, f"seed={','.join(map(str, seeds))}"])
 
 
 def paper_a_section(by_bundle: dict[str, list[Run]]) -> list[str]:
