@@ -272,6 +272,37 @@ def bench_sweep(quick: bool, workdir: Path) -> list[dict]:
     return rows
 
 
+def bench_pruned(quick: bool) -> list[dict]:
+    """Dense vs pruned CPU latency, global smallest-norm cuts to ~1/2 and ~1/4 of the MACs
+    (the measurement itself is scripts/bench_pruning.py's, with its interleaved repeats)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_pruning import MODELS, bench
+
+    rows = []
+    for name in MODELS:
+        result = bench(name, [64, 1], 6 if quick else 30, 2 if quick else 5, scopes=("global",))
+        for cut, figures in result["cuts"].items():
+            for batch, lat in figures["latency"].items():
+                rows.append(
+                    {
+                        "model": name,
+                        "MACs kept": round(figures["mac_ratio"], 3),
+                        "batch": int(batch),
+                        "dense ms": round(lat["dense"]["median_ms"], 2),
+                        "pruned ms": round(lat["pruned"]["median_ms"], 2),
+                        "MAC reduction": round(figures["mac_reduction"], 2),
+                        "speed-up": round(lat["speedup"], 2),
+                        "speed-up / MAC reduction": round(
+                            lat["speedup"] / figures["mac_reduction"], 2
+                        ),
+                        "target (batch 64)": 0.7 if batch == "64" and name != "lenet5" else "",
+                        "cut": cut,
+                    }
+                )
+                print(rows[-1], flush=True)
+    return rows
+
+
 def _markdown(results: dict) -> str:
     lines = [f"# sparsenet benchmarks\n\n{results['machine']}\n"]
     for part, rows in results["parts"].items():
@@ -286,7 +317,7 @@ def _markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="train,data,sweep,memory")
+    parser.add_argument("--parts", default="train,data,pruned,sweep,memory")
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke check)")
     parser.add_argument("--out", type=Path, default=REPO / "scripts" / "results")
     args = parser.parse_args()
@@ -302,6 +333,7 @@ def main() -> None:
     runners = {
         "train": lambda: bench_train(args.quick),
         "data": lambda: bench_data(args.quick),
+        "pruned": lambda: bench_pruned(args.quick),
         "sweep": lambda: bench_sweep(args.quick, workdir),
         "memory": lambda: bench_memory(args.quick, workdir),
     }

@@ -1,8 +1,8 @@
-"""Benchmark: does removing half the MACs make the network faster on the CPU?
+"""Benchmark: does removing half (three quarters) of the MACs make the network faster on the CPU?
 
-Prunes VGG-16-BN and ResNet-56 (CIFAR shapes, 3x32x32, random init) with the `ratio`
-criterion to about half their MACs (`prune.criterion=ratio prune.target=macs prune.ratio=0.5`)
-in both scopes: `global` (smallest relative norms anywhere first; on random weights this
+Prunes LeNet-5 (1x28x28), VGG-16-BN and ResNet-56 (3x32x32), random init, with the `ratio`
+criterion to about 1/2 and 1/4 of their MACs (`prune.criterion=ratio prune.target=macs
+prune.ratio=0.5 | 0.75`) in both scopes: `global` (smallest relative norms anywhere first; on random weights this
 thins the layers with few inputs per unit most) and `layer` (the same share of every layer, a
 uniform width multiplier). It measures CPU latency of the dense and the pruned networks:
 median wall time of one forward pass, eval and inference mode, after warm-up, with all
@@ -11,8 +11,8 @@ pruned network is measured twice: with the exact border fold (`prune.fold=exact`
 default: zero-padded consumer convs become FoldedConv2d, one extra element-wise add each) and
 with `prune.fold=bias`, so the fold's own cost is visible.
 
-    python scripts/bench_pruning.py [--repeats 30] [--batch-sizes 64 1] [--threads N]
-                                    [--out scripts/results]
+    python scripts/bench_pruning.py [--repeats 30] [--batch-sizes 64 1] [--ratios 0.5 0.75]
+                                    [--scopes global layer] [--threads N] [--out scripts/results]
 
 Writes <out>/bench_pruning.json and <out>/bench_pruning.md. Random weights are enough here:
 latency depends on the shapes, not on the values. The machine's load average is recorded
@@ -38,22 +38,27 @@ from sparsenet.measure import count_macs, count_params
 from sparsenet.models import get_model
 from sparsenet.pruning import FoldedConv2d, PruneSettings, prune_units
 
-MODELS = ("vgg16", "resnet56")
+INPUT_SHAPES = {"lenet5": (1, 28, 28), "vgg16": (3, 32, 32), "resnet56": (3, 32, 32)}
+MODELS = tuple(INPUT_SHAPES)
 SCOPES = ("global", "layer")
-INPUT_SHAPE = (3, 32, 32)
+RATIOS = (0.5, 0.75)
 
 
-def _prune(model: nn.Module, scope: str, fold: str, calibration: torch.Tensor) -> nn.Module:
+def _prune(
+    model: nn.Module, scope: str, ratio: float, fold: str, calibration: torch.Tensor
+) -> nn.Module:
     pruned = copy.deepcopy(model)
-    settings = PruneSettings(criterion="ratio", target="macs", ratio=0.5, scope=scope, fold=fold)
+    settings = PruneSettings(criterion="ratio", target="macs", ratio=ratio, scope=scope, fold=fold)
     prune_units(pruned, calibration[:1], settings, calibration=calibration)
     return pruned.eval()
 
 
 @torch.inference_mode()
-def _latencies(models: dict[str, nn.Module], batch: int, repeats: int, warmup: int) -> dict:
+def _latencies(
+    models: dict[str, nn.Module], shape: tuple, batch: int, repeats: int, warmup: int
+) -> dict:
     """Median (and quartiles) of per-pass wall time in ms, passes interleaved per round."""
-    x = torch.randn(batch, *INPUT_SHAPE)
+    x = torch.randn(batch, *shape)
     for model in models.values():
         for _ in range(warmup):
             model(x)
@@ -71,35 +76,50 @@ def _latencies(models: dict[str, nn.Module], batch: int, repeats: int, warmup: i
     return result
 
 
-def bench(name: str, batch_sizes: list[int], repeats: int, warmup: int) -> dict:
+def _widths(model: nn.Module) -> list[int]:
+    return [m.weight.shape[0] for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def bench(
+    name: str,
+    batch_sizes: list[int],
+    repeats: int,
+    warmup: int,
+    ratios: tuple[float, ...] = RATIOS,
+    scopes: tuple[str, ...] = SCOPES,
+) -> dict:
+    """Dense vs pruned latency of one model; result["cuts"]["<scope> <ratio>"] per cut."""
     torch.manual_seed(0)
-    dense = get_model(name, num_classes=10, input_shape=INPUT_SHAPE).eval()
-    calibration = torch.randn(64, *INPUT_SHAPE)
+    shape = INPUT_SHAPES[name]
+    dense = get_model(name, num_classes=10, input_shape=shape).eval()
+    calibration = torch.randn(64, *shape)
     models = {"dense": dense}
-    for scope in SCOPES:
+    cuts = [f"{scope} {ratio}" for ratio in ratios for scope in scopes]
+    for cut in cuts:
+        scope, ratio = cut.split()
         for fold in ("exact", "bias"):
-            models[f"{scope}/{fold}"] = _prune(dense, scope, fold, calibration)
-    macs = {k: count_macs(m, INPUT_SHAPE) for k, m in models.items()}
+            models[f"{cut}/{fold}"] = _prune(dense, scope, float(ratio), fold, calibration)
+    macs = {k: count_macs(m, shape) for k, m in models.items()}
     result = {"model": name, "dense_macs": macs["dense"], "dense_params": count_params(dense)}
-    result["dense_widths"] = [m.out_channels for m in dense.modules() if isinstance(m, nn.Conv2d)]
-    result["scopes"] = {}
-    for scope in SCOPES:
-        pruned = models[f"{scope}/exact"]
-        result["scopes"][scope] = {
-            "macs": macs[f"{scope}/exact"],
+    result["dense_widths"] = _widths(dense)
+    result["cuts"] = {}
+    for cut in cuts:
+        pruned = models[f"{cut}/exact"]
+        result["cuts"][cut] = {
+            "macs": macs[f"{cut}/exact"],
             "params": count_params(pruned),
-            "mac_ratio": macs[f"{scope}/exact"] / macs["dense"],
-            "mac_reduction": macs["dense"] / macs[f"{scope}/exact"],
+            "mac_ratio": macs[f"{cut}/exact"] / macs["dense"],
+            "mac_reduction": macs["dense"] / macs[f"{cut}/exact"],
             "folded_convs": sum(isinstance(m, FoldedConv2d) for m in pruned.modules()),
-            "widths": [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)],
+            "widths": _widths(pruned),
             "latency": {},
         }
     for batch in batch_sizes:
-        lat = _latencies(models, batch, repeats, warmup)
+        lat = _latencies(models, shape, batch, repeats, warmup)
         dense_ms = lat["dense"]["median_ms"]
-        for scope in SCOPES:
-            exact, bias = lat[f"{scope}/exact"], lat[f"{scope}/bias"]
-            result["scopes"][scope]["latency"][str(batch)] = {
+        for cut in cuts:
+            exact, bias = lat[f"{cut}/exact"], lat[f"{cut}/bias"]
+            result["cuts"][cut]["latency"][str(batch)] = {
                 "dense": lat["dense"],
                 "pruned": exact,
                 "pruned_bias_fold": bias,
@@ -118,26 +138,28 @@ def _markdown(rows: list[dict], meta: dict) -> str:
         f"{meta['warmup']} warm-up passes; load average {meta['load_before']} before, "
         f"{meta['load_after']} after.",
         "",
-        "Models at 3x32x32, random init, pruned with `prune.criterion=ratio prune.target=macs "
-        "prune.ratio=0.5` and `prune.scope` global or layer. Latency: median ms per forward "
+        "Random init; LeNet-5 at 1x28x28, the others at 3x32x32; pruned with `prune.criterion="
+        "ratio prune.target=macs prune.ratio=<ratio>` and `prune.scope=<scope>` (cut = scope "
+        "and ratio). Latency: median ms per forward "
         "pass [quartiles]. Speed-up = dense median / pruned median; `bias fold` is the same "
         "pruned network without FoldedConv2d's border add (`prune.fold=bias`).",
         "",
-        "| model | scope | batch | MACs dense | MACs pruned | MAC ratio | dense ms | pruned ms "
-        "| speed-up | pruned ms (bias fold) | speed-up (bias fold) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | cut | batch | MACs dense | MACs pruned | MAC ratio | dense ms | pruned ms "
+        "| speed-up | speed-up / MAC reduction | pruned ms (bias fold) | speed-up (bias fold) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
 
     def cell(v: dict) -> str:
         return f"{v['median_ms']:.2f} [{v['q1_ms']:.2f}, {v['q3_ms']:.2f}]"
 
     for row in rows:
-        for scope, figures in row["scopes"].items():
+        for scope, figures in row["cuts"].items():
             for batch, lat in figures["latency"].items():
                 lines.append(
                     f"| {row['model']} | {scope} | {batch} | {row['dense_macs'] / 1e6:.1f} M "
                     f"| {figures['macs'] / 1e6:.1f} M | {figures['mac_ratio']:.3f} "
                     f"| {cell(lat['dense'])} | {cell(lat['pruned'])} | {lat['speedup']:.2f}x "
+                    f"| {lat['speedup'] / figures['mac_reduction']:.2f} "
                     f"| {cell(lat['pruned_bias_fold'])} | {lat['speedup_bias_fold']:.2f}x |"
                 )
     lines += ["", "Parameters and conv widths:", ""]
@@ -145,7 +167,7 @@ def _markdown(rows: list[dict], meta: dict) -> str:
         lines.append(
             f"- {row['model']} dense: {row['dense_params']:,} params, {row['dense_widths']}"
         )
-        for scope, figures in row["scopes"].items():
+        for scope, figures in row["cuts"].items():
             lines.append(
                 f"- {row['model']} {scope}: {figures['params']:,} params, "
                 f"{figures['folded_convs']} FoldedConv2d, {figures['widths']}"
@@ -165,7 +187,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 1])
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
+    parser.add_argument("--scopes", nargs="+", default=list(SCOPES), choices=SCOPES)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument(
         "--threads",
@@ -179,7 +203,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     load_before = [round(v, 2) for v in os.getloadavg()]
-    rows = [bench(n, args.batch_sizes, args.repeats, args.warmup) for n in args.models]
+    rows = [
+        bench(
+            n, args.batch_sizes, args.repeats, args.warmup, tuple(args.ratios), tuple(args.scopes)
+        )
+        for n in args.models
+    ]
     load_after = [round(v, 2) for v in os.getloadavg()]
     cores = os.cpu_count() or 1
     meta = {
