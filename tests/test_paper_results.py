@@ -1,0 +1,51 @@
+"""scripts/paper_results.py on a real (synthetic-data) sweep of a bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SPARSENET_DATA": str(cwd / "no-data-here")}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_results_page_folds_seeds_and_marks_shortened_runs(tmp_path):
+    sweep = [
+        sys.executable,
+        "-m",
+        "sparsenet",
+        "-m",
+        "experiment=smoke",
+        "report.latency_repeats=1",
+    ]
+    _run([*sweep, "seed=0,1"], tmp_path)  # the bundle's own schedule, two seeds
+    _run([*sweep, "train.epochs=0", "seed=0"], tmp_path)  # a shorter schedule than the bundle's
+    out = tmp_path / "results.md"
+    script = str(REPO / "scripts" / "paper_results.py")
+    _run([sys.executable, script, "outputs", "--out", str(out)], tmp_path)
+    text = out.read_text()
+
+    runs = sorted((tmp_path / "outputs" / "sweeps" / "smoke").glob("*seed=*/metrics.json"))
+    metrics = {p.parent.name: json.loads(p.read_text()) for p in runs}
+    acc = [metrics[f"experiment=smoke,report.latency_repeats=1,seed={s}"] for s in (0, 1)]
+    acc = [m["summary"]["test_acc"] for m in acc]
+    mean = sum(acc) / 2
+    std = abs(acc[0] - acc[1]) / 2**0.5  # sample std of two values
+    bundle_row = next(
+        line for line in text.splitlines() if line.startswith("| `experiment=smoke`, `report")
+    )
+    cells = [c.strip() for c in bundle_row.strip("|").split("|")]
+    assert cells[1] == "2" and cells[2] == "no"
+    assert cells[4] == f"{mean:.2f} ± {std:.2f}"
+    short_row = next(line for line in text.splitlines() if "`train.epochs=0`" in line)
+    assert "train.epochs=0 (bundle: 1)" in short_row
+    assert "sparsenet -m experiment=smoke report.latency_repeats=1 seed=0,1" in text
