@@ -1,11 +1,35 @@
 """Shared fixtures."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_sparsenet(
+    *args: str, cwd: Path, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`sparsenet ARGS` as a user types it, in `cwd`, output captured. SPARSENET_DATA points at
+    an empty folder there, so nothing reads the real datasets by accident."""
+    env = {**os.environ, "SPARSENET_DATA": str(cwd / "no-data-here"), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "sparsenet", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def sparsenet_cli():
+    """The command line in a subprocess: sparsenet_cli(*overrides, cwd=..., env=...)."""
+    return run_sparsenet
 
 
 @pytest.fixture

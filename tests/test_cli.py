@@ -1,10 +1,6 @@
 """The command line end to end on synthetic data: what a user types, what lands on disk."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
@@ -13,23 +9,11 @@ from sparsenet.checkpoint import load_pruned
 STAGE_KEYS = {"test_acc", "params", "nonzero_params", "macs", "layers", "wall_s", "latency_ms"}
 
 
-def _sparsenet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SPARSENET_DATA": str(cwd / "no-data-here")}
-    return subprocess.run(
-        [sys.executable, "-m", "sparsenet", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def test_single_run_writes_metrics_and_a_loadable_pruned_model(tmp_path):
+def test_single_run_writes_metrics_and_a_loadable_pruned_model(sparsenet_cli, tmp_path):
     run_dir = tmp_path / "run"
     # A proximal group lasso strong enough to zero part of fc1 on the learnable synthetic data
     # (2 epochs, 64 steps), weak enough that the network still learns.
-    proc = _sparsenet(
+    proc = sparsenet_cli(
         "experiment=smoke",
         "regularizer.proximal=true",
         "regularizer.strength=0.015",
@@ -69,9 +53,9 @@ def test_single_run_writes_metrics_and_a_loadable_pruned_model(tmp_path):
     assert (run_dir / "history.csv").read_text().startswith("stage,epoch")
 
 
-def test_multirun_sweeps_the_strength(tmp_path):
+def test_multirun_sweeps_the_strength(sparsenet_cli, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    proc = _sparsenet(
+    proc = sparsenet_cli(
         "-m",
         "experiment=smoke",
         "regularizer.strength=0,1e-3",
@@ -87,31 +71,31 @@ def test_multirun_sweeps_the_strength(tmp_path):
     assert strengths == [0.0, 1e-3]
 
 
-def test_missing_data_fails_with_a_clear_message(tmp_path):
-    proc = _sparsenet("train.epochs=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+def test_missing_data_fails_with_a_clear_message(sparsenet_cli, tmp_path):
+    proc = sparsenet_cli("train.epochs=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 2
     assert str(tmp_path / "no-data-here") in proc.stderr and "SPARSENET_DATA" in proc.stderr
     assert "dataset.download=true" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_bad_value_is_named_without_a_traceback(tmp_path):
-    proc = _sparsenet("experiment=smoke", "train.device=gpu", cwd=tmp_path)
+def test_bad_value_is_named_without_a_traceback(sparsenet_cli, tmp_path):
+    proc = sparsenet_cli("experiment=smoke", "train.device=gpu", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "sparsenet: error: train.device='gpu' is not a device; allowed: auto, cpu, cuda, cuda:N"
     )
 
 
-def test_list_prints_the_config_choices(tmp_path):
-    proc = _sparsenet("list", cwd=tmp_path)
+def test_list_prints_the_config_choices(sparsenet_cli, tmp_path):
+    proc = sparsenet_cli("list", cwd=tmp_path)
     assert proc.returncode == 0
     assert "lenet5" in proc.stdout and "group_lasso" in proc.stdout and "mnist" in proc.stdout
 
 
-def test_gpu_settings_compose_and_run_on_cpu(tmp_path):
+def test_gpu_settings_compose_and_run_on_cpu(sparsenet_cli, tmp_path):
     """train.amp (bfloat16 autocast on CPU), channels_last and torch.compile, all at once."""
     run_dir = tmp_path / "run"
-    proc = _sparsenet(
+    proc = sparsenet_cli(
         "experiment=smoke",
         "train.amp=true",
         "train.channels_last=true",

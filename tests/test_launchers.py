@@ -4,25 +4,11 @@ submitit's local executor (the cluster path on this machine) and the Slurm confi
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 SMALL_SWEEP = ("-m", "experiment=smoke", "seed=0,1", "finetune.epochs=0")
-
-
-def sparsenet(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SPARSENET_DATA": str(cwd / "no-data-here"), **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "sparsenet", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def assert_sweep_completed(sweep_dir: Path, launcher_target: str, parallel_jobs: str) -> None:
@@ -38,9 +24,9 @@ def assert_sweep_completed(sweep_dir: Path, launcher_target: str, parallel_jobs:
     assert summary[0].startswith("seeds,") and summary[1].startswith("2,")  # seeds folded
 
 
-def test_joblib_launcher_runs_two_jobs_in_parallel(tmp_path):
+def test_joblib_launcher_runs_two_jobs_in_parallel(sparsenet_cli, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    proc = sparsenet(
+    proc = sparsenet_cli(
         *SMALL_SWEEP,
         "hydra/launcher=parallel",
         "hydra.launcher.n_jobs=2",
@@ -52,9 +38,9 @@ def test_joblib_launcher_runs_two_jobs_in_parallel(tmp_path):
     assert_sweep_completed(sweep_dir, "JoblibLauncher", "2")
 
 
-def test_submitit_local_launcher_runs_the_cluster_path(tmp_path):
+def test_submitit_local_launcher_runs_the_cluster_path(sparsenet_cli, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    proc = sparsenet(
+    proc = sparsenet_cli(
         *SMALL_SWEEP, "hydra/launcher=slurm_local", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -62,7 +48,7 @@ def test_submitit_local_launcher_runs_the_cluster_path(tmp_path):
     assert any((sweep_dir / ".submitit").iterdir())  # jobs went through submitit
 
 
-def test_slurm_launcher_writes_the_sbatch_script(tmp_path):
+def test_slurm_launcher_writes_the_sbatch_script(sparsenet_cli, tmp_path):
     """A stand-in `sbatch` keeps the job-array script and refuses it: no cluster needed."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -70,7 +56,7 @@ def test_slurm_launcher_writes_the_sbatch_script(tmp_path):
     sbatch.write_text('#!/bin/sh\ncp "$1" "$SBATCH_CAPTURE"\necho "no cluster here" >&2\nexit 1\n')
     sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
     script = tmp_path / "captured.sbatch"
-    proc = sparsenet(
+    proc = sparsenet_cli(
         *SMALL_SWEEP,
         "hydra/launcher=slurm",
         "hydra.launcher.partition=gpu",

@@ -8,11 +8,8 @@ standard library, from the metrics.json files, not from the code under test.
 import csv
 import json
 import math
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -29,24 +26,12 @@ STRENGTHS = (1e-4, 1e-2)
 PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF-"
 
 
-def sparsenet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SPARSENET_DATA": str(cwd / "no-data-here")}
-    return subprocess.run(
-        [sys.executable, "-m", "sparsenet", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory) -> tuple[Path, str]:
+def sweep(sparsenet_cli, tmp_path_factory) -> tuple[Path, str]:
     """The sweep folder and what the sweep printed."""
     cwd = tmp_path_factory.mktemp("reporting")
     sweep_dir = cwd / "sweep"
-    proc = sparsenet(
+    proc = sparsenet_cli(
         "-m",
         "experiment=smoke",
         "regularizer=none,group_lasso",
