@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from torchvision import datasets, transforms
 
 from sparsenet.data import (
+    DataCorruptError,
     DataNotFoundError,
     DataSplits,
     build_datasets,
@@ -148,6 +149,49 @@ def test_bad_options_name_the_key_and_what_is_allowed(mnist_root: Path):
         build_datasets("mnist", root=root, download=False, augment=True)
 
 
+@pytest.mark.parametrize(
+    ("file", "damage", "expected"),
+    [
+        # 12 images of 28x28 announced: 16 + 9408 bytes; cut to 1000
+        (
+            "train-images-idx3-ubyte",
+            lambda b: b[:1000],
+            "is truncated: its header announces 12 x 28 x 28 bytes (9,424 bytes in all) but "
+            "the file has 1,000",
+        ),
+        # a label file's magic is 0x00000801; gzip's first bytes are 1f 8b 08 00
+        (
+            "t10k-labels-idx1-ubyte",
+            lambda b: b"\x1f\x8b\x08\x00" + b[4:],
+            "is not an IDX file of 1-d unsigned bytes: magic number 0x1f8b0800, expected "
+            "0x00000801",
+        ),
+        ("t10k-images-idx3-ubyte", lambda b: b[:2], "is truncated (2 bytes)"),
+        ("train-labels-idx1-ubyte", lambda b: b + b"\x00", "is longer than its header says"),
+    ],
+)
+def test_a_corrupt_idx_file_is_named(mnist_root: Path, file, damage, expected):
+    path = mnist_root / "MNIST" / "raw" / file
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DataCorruptError) as info:
+        build_datasets("mnist", root=str(mnist_root), download=False)
+    message = str(info.value)
+    assert message.startswith(f"mnist: {path} ") and expected in message
+    assert "dataset.download=true" in message and "\n" not in message
+
+
+def test_images_and_labels_of_a_split_must_agree(mnist_root: Path):
+    raw = mnist_root / "MNIST" / "raw"
+    _write_idx(raw, False, _images(5, 1), np.array([9, 8, 7, 6, 5]))
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 4) + bytes([1, 2, 3, 4]))
+    with pytest.raises(
+        DataCorruptError,
+        match=r"t10k-labels-idx1-ubyte holds 4 labels but .*"
+        r"t10k-images-idx3-ubyte holds 5 images",
+    ):
+        build_datasets("mnist", root=str(mnist_root), download=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # ImageFolder trees: cifar10 (format=imagefolder) and imagenet
 
@@ -205,6 +249,36 @@ def test_cifar10_imagefolder_checks_the_tree(tmp_path: Path):
     _write_tree(root, ("test",), (*CLASSES[:9], "lorry"))
     with pytest.raises(ValueError, match=r"differ.*'truck'.*'lorry'"):
         build_datasets("cifar10", root=str(root), format="imagefolder")
+
+
+def test_an_empty_class_folder_is_named(tmp_path: Path):
+    root = _write_tree(tmp_path, ("train", "test"))
+    for image in (root / "test" / "cat").iterdir():
+        image.unlink()
+    (root / "test" / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataCorruptError) as info:
+        build_datasets("cifar10", root=str(root), format="imagefolder")
+    message = str(info.value)
+    assert message.startswith(f"cifar10: class folder {root / 'test' / 'cat'} holds no images")
+    assert ".png" in message and "\n" not in message
+
+
+def test_an_image_that_does_not_decode_is_named(tmp_path: Path):
+    root = _write_tree(tmp_path, ("train", "test"))
+    bad = root / "train" / "dog" / "1.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)  # a PNG signature, then noise
+    data = build_datasets("cifar10", root=str(root), format="imagefolder", augment=False)
+    index = [path for path, _ in data.train.samples].index(str(bad))
+    assert data.train[index - 1][1] == 5  # its neighbour still loads
+    with pytest.raises(DataCorruptError, match=rf"^cannot read image {bad}: .*replace or remove"):
+        data.train[index]
+    # Read by a DataLoader worker, it arrives as the same one-line message, not the worker's
+    # traceback.
+    loader = make_loader(data.train, 4, shuffle=False, seed=0, num_workers=1)
+    with pytest.raises(DataCorruptError) as info:
+        list(loader)
+    assert str(info.value).startswith(f"cannot read image {bad}: ")
+    assert "Traceback" not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_cifar10_missing_data(tmp_path: Path):

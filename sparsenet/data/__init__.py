@@ -38,6 +38,11 @@ class DataNotFoundError(UserInputError, FileNotFoundError):
     """Raised when a dataset is not where the config says; the message says how to fix it."""
 
 
+class DataCorruptError(UserInputError, ValueError):
+    """A data file or folder is there but unusable (a truncated or corrupt IDX file, an empty
+    class folder, an image that does not decode); the message names it."""
+
+
 def build_datasets(name: str, **options) -> DataSplits:
     return DATASETS.build(name, **options)
 
@@ -64,6 +69,7 @@ def check_matches_config(
 
 __all__ = [
     "DATASETS",
+    "DataCorruptError",
     "DataNotFoundError",
     "DataSplits",
     "build_datasets",

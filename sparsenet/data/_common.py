@@ -1,4 +1,5 @@
-"""Helpers shared by the dataset families: option checks, subsets, the missing-data error.
+"""Helpers shared by the dataset families: option checks, subsets, the missing-data error,
+ImageFolder trees checked for empty classes and read with a loader that names a bad image.
 
 Private (leading underscore) so the registry does not import it as a family. Every error
 message names the config key (`dataset.<key>=...`) and what would be accepted, because the
@@ -14,7 +15,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
-from sparsenet.data import DataNotFoundError
+from sparsenet.data import DataCorruptError, DataNotFoundError
 from sparsenet.errors import ConfigError
 
 FORMATS = ("torchvision", "imagefolder")
@@ -153,8 +154,7 @@ def load_imagefolder_pair(
                 default_subfolder=default_subfolder,
             )
     train, test = (
-        datasets.ImageFolder(str(folder), transform=tf)
-        for folder, tf in zip(folders, transforms_, strict=True)
+        _image_folder(dataset, folder, tf) for folder, tf in zip(folders, transforms_, strict=True)
     )
     if train.classes != test.classes:
         raise ConfigError(
@@ -164,3 +164,35 @@ def load_imagefolder_pair(
             f"{sorted(set(test.classes) - set(train.classes))}"
         )
     return train, test
+
+
+def load_image(path: str):
+    """torchvision's RGB loader; a file that does not decode raises DataCorruptError naming it
+    (it surfaces when the sample is first read, in whichever epoch that is)."""
+    try:
+        return datasets.folder.default_loader(path)
+    except (OSError, ValueError, SyntaxError) as error:  # PIL's UnidentifiedImageError: OSError
+        raise DataCorruptError(
+            f"cannot read image {path}: {' '.join(str(error).split())}; replace or remove the file"
+        ) from None
+
+
+def _image_folder(dataset: str, folder: Path, transform: Callable) -> datasets.ImageFolder:
+    """An ImageFolder read with `load_image`; a class folder without images is refused up
+    front, naming it (torchvision names the class only)."""
+    try:
+        return datasets.ImageFolder(str(folder), transform=transform, loader=load_image)
+    except FileNotFoundError:
+        extensions = datasets.folder.IMG_EXTENSIONS
+        empty = [
+            str(d)
+            for d in sorted(p for p in folder.iterdir() if p.is_dir())
+            if not any(f.is_file() and f.suffix.lower() in extensions for f in d.rglob("*"))
+        ]
+        if not empty:
+            raise
+        raise DataCorruptError(
+            f"{dataset}: class folder {empty[0]} holds no images ({', '.join(extensions)})"
+            f"{f' (nor do {len(empty) - 1} more)' if len(empty) > 1 else ''}; add its images "
+            "or remove the folder (from every split, so the class numbers still agree)"
+        ) from None

@@ -19,7 +19,6 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from PIL import Image
 from torchvision import datasets, transforms
 
 from sparsenet.data import DataSplits, register_dataset
@@ -28,6 +27,7 @@ from sparsenet.data._common import (
     FORMATS,
     check_format,
     ensure_files,
+    load_image,
     load_imagefolder_pair,
     normalize,
     take_subset,
@@ -55,8 +55,7 @@ def _check_imagefolder(train: datasets.ImageFolder) -> None:
             stacklevel=3,
         )
     first = train.samples[0][0]
-    with Image.open(first) as image:
-        size = image.size
+    size = load_image(first).size
     if size != (IMAGE_SIZE, IMAGE_SIZE):
         raise ConfigError(
             f"cifar10: {first} is {size[0]}x{size[1]}, expected 32x32; for other image sizes "

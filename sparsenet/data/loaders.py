@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from sparsenet.errors import ConfigError
+from sparsenet.errors import ConfigError, UserInputError
 
 # Tensors up to this size are copied to the training device once, up front (MNIST's training set
 # is 188 MB); larger ones stay on the CPU and each batch is moved by the training loop.
@@ -129,4 +129,17 @@ class EpochSeededDataLoader(DataLoader):
     def __iter__(self):
         self.generator.manual_seed(self.seed + self.epoch)
         self.epoch += 1
-        return super().__iter__()
+        return _own_messages(super().__iter__())
+
+
+def _own_messages(batches: Iterator) -> Iterator:
+    """The batches; a UserInputError raised in a worker (an image that does not decode)
+    arrives re-raised with the worker's traceback as its text: keep its own message only."""
+    try:
+        yield from batches
+    except UserInputError as error:
+        text = str(error).rstrip()
+        if "Traceback (most recent call last)" not in text:
+            raise
+        own = text.splitlines()[-1].split(": ", 1)[-1]
+        raise type(error)(own) from None

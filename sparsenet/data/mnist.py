@@ -11,13 +11,15 @@ pixel statistics (MNIST 0.1307 / 0.3081, Fashion-MNIST 0.2860 / 0.3530, as measu
 
 from __future__ import annotations
 
+import math
+import struct
 from pathlib import Path
 
 import torch
 from torch.utils.data import TensorDataset
 from torchvision import datasets
 
-from sparsenet.data import DataSplits, register_dataset
+from sparsenet.data import DataCorruptError, DataSplits, register_dataset
 from sparsenet.data._common import check_format, check_subset, ensure_files
 from sparsenet.errors import ConfigError
 
@@ -28,6 +30,60 @@ RAW_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 STATS = {"MNIST": (0.1307, 0.3081), "FashionMNIST": (0.2860, 0.3530)}
+
+
+IDX_UBYTE = 0x08  # the IDX type code of unsigned bytes, the only one MNIST uses
+REPLACE_HINT = (
+    "delete it and run with dataset.download=true to fetch it again, or copy an intact one there"
+)
+
+
+def check_idx_file(dataset: str, path: Path, ndim: int) -> tuple[int, ...]:
+    """The dimensions an IDX file of unsigned bytes announces, after checking that its magic
+    number and its size agree with them; else DataCorruptError naming the file.
+
+    IDX (LeCun et al.): magic 0x0000 0x08 <ndim>, then ndim big-endian int32 sizes, then the
+    bytes. torchvision's reader would fail on a bad file with a bare assertion or a reshape
+    error; a download cut short or a copy that ran out of space is the usual cause."""
+    size = path.stat().st_size
+    header = 4 + 4 * ndim
+    with open(path, "rb") as f:
+        head = f.read(header)
+    if len(head) < 4:
+        raise DataCorruptError(f"{dataset}: {path} is truncated ({size} bytes); {REPLACE_HINT}")
+    magic = struct.unpack(">I", head[:4])[0]
+    expected = (IDX_UBYTE << 8) | ndim
+    if magic != expected:
+        raise DataCorruptError(
+            f"{dataset}: {path} is not an IDX file of {ndim}-d unsigned bytes: magic number "
+            f"0x{magic:08x}, expected 0x{expected:08x}; {REPLACE_HINT}"
+        )
+    if len(head) < header:
+        raise DataCorruptError(
+            f"{dataset}: {path} is truncated ({size} bytes, shorter than its header); "
+            f"{REPLACE_HINT}"
+        )
+    dims = struct.unpack(f">{ndim}I", head[4:])
+    announced = header + math.prod(dims)
+    if size != announced:
+        what = "truncated" if size < announced else "longer than its header says"
+        raise DataCorruptError(
+            f"{dataset}: {path} is {what}: its header announces {' x '.join(map(str, dims))} "
+            f"bytes ({announced:,} bytes in all) but the file has {size:,}; {REPLACE_HINT}"
+        )
+    return dims
+
+
+def _check_raw_files(dataset: str, folder: Path) -> None:
+    """Every IDX file sound, and each split with as many labels as images."""
+    for images_file, labels_file in zip(RAW_FILES[::2], RAW_FILES[1::2], strict=True):
+        images = check_idx_file(dataset, folder / images_file, 3)
+        labels = check_idx_file(dataset, folder / labels_file, 1)
+        if images[0] != labels[0]:
+            raise DataCorruptError(
+                f"{dataset}: {folder / labels_file} holds {labels[0]} labels but "
+                f"{folder / images_file} holds {images[0]} images; {REPLACE_HINT}"
+            )
 
 
 def _to_tensors(split: datasets.MNIST, n: int, mean: float, std: float) -> TensorDataset:
@@ -62,6 +118,7 @@ def _build(
         download=download,
         fetch=lambda: cls(root, train=True, download=True),
     )
+    _check_raw_files(dataset, Path(root) / name / "raw")
     mean, std = STATS[name]
     train = cls(root, train=True, download=False)
     test = cls(root, train=False, download=False)
