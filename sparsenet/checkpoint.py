@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsenet.errors import CheckpointError
 from sparsenet.models import get_model
 from sparsenet.pruning.folded import FoldedConv2d
-from sparsenet.runtime import atomic_torch_save, atomic_write_json
+from sparsenet.runtime import atomic_torch_save, atomic_write_json, safe_torch_load
 
 SPEC_FILE = "model_spec.json"
 WEIGHTS_FILE = "model_state.pt"
@@ -139,7 +140,9 @@ def load_pruned(folder: str | Path, map_location: str | torch.device = "cpu") ->
     model_cfg = dict(spec["model"])
     model = get_model(model_cfg.pop("name"), **model_cfg)
     narrow_to_spec(model, spec["layers"], source=str(folder / SPEC_FILE))
-    state = torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    state = safe_torch_load(folder / WEIGHTS_FILE, map_location)  # refuses pickled code
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{folder / WEIGHTS_FILE} is not a state_dict (names to tensors)")
     model.load_state_dict(state, strict=True)
     return model.eval()
 

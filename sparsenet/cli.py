@@ -1,16 +1,31 @@
 """Command line: `sparsenet [hydra overrides]` runs one experiment (or a sweep with -m);
-`sparsenet list` prints the available config choices."""
+`sparsenet list` prints the available config choices.
+
+Errors that are the user's to fix (a bad value, a typo'd key, missing data, an output folder
+that cannot be written) print one `sparsenet: error: ...` line and exit with status 2; a run
+whose loss diverged prints `sparsenet: run failed: ...` and exits with 1 (in a sweep the
+other runs go on). SPARSENET_DEBUG=1 (or HYDRA_FULL_ERROR=1) shows the traceback instead."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import (
+    ConfigCompositionException,
+    InstantiationException,
+    MissingConfigException,
+    OverrideParseException,
+)
+from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from sparsenet.errors import UserInputError
 from sparsenet.pipeline.resume import register_resolvers
@@ -31,19 +46,86 @@ def print_choices() -> None:
         print(f"{group + ':':13s} {', '.join(config_choices(group))}")
 
 
+def _debug() -> bool:
+    return bool(os.environ.get("SPARSENET_DEBUG"))
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The line to print for an error that is the user's to fix (a bad value, a typo'd key or
+    choice, data or an output folder that is not usable); None for anything else, a bug,
+    whose traceback is then shown."""
+    from sparsenet.pipeline.validate import instantiation_error, omegaconf_message
+
+    if isinstance(error, UserInputError):
+        return str(error)
+    if isinstance(error, InstantiationException):
+        return str(instantiation_error(error, "config"))
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
+        group, _, choice = str(error.missing_cfg_file).rpartition("/")
+        return f"{group}={choice} is not a choice of {group}; allowed: {', '.join(error.options)}"
+    if isinstance(error, OverrideParseException):
+        return f"cannot parse the override {error.override!r}: {_one_line(error.message)}"
+    if isinstance(error, ConfigCompositionException):
+        cause = error.__cause__
+        key = getattr(cause, "full_key", None)
+        if isinstance(cause, ConfigKeyError | ConfigAttributeError) and key:
+            return (
+                f"{key} is not a config key{_did_you_mean(cause)}; to add a new key use +{key}=..."
+            )
+        return _one_line(str(error))
+    if isinstance(error, OmegaConfBaseException):
+        return omegaconf_message(error)
+    if isinstance(error, OSError) and error.filename:  # Hydra creating the run folder, say
+        return f"{error.filename}: {error.strerror or error}"
+    return None
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return "; ".join(line for line in lines if not line.startswith("See https://"))
+
+
+def _did_you_mean(cause: OmegaConfBaseException) -> str:
+    parent = getattr(cause, "parent_node", None)
+    key = str(getattr(cause, "key", "") or "")
+    if not isinstance(parent, DictConfig) or not key:
+        return ""
+    close = difflib.get_close_matches(key, [str(k) for k in parent.keys()], n=1)
+    prefix = str(cause.full_key).rpartition(".")[0]
+    return f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    print(f"sparsenet: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(status) from None
+
+
 @hydra.main(version_base="1.3", config_path="pkg://sparsenet.conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> dict:
+def _hydra_main(cfg: DictConfig) -> dict | None:
     from sparsenet.pipeline import run_experiment
+    from sparsenet.pipeline.resume import describe_failure
     from sparsenet.reporting import format_stage_table
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = run_experiment(cfg, run_dir)
-    except UserInputError as error:
-        if os.environ.get("SPARSENET_DEBUG"):
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None or _debug():
             raise
-        print(f"sparsenet: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        if not sweeping:
+            _fail(message, 2)
+        # In a sweep the job fails and the others still run; Hydra raises the first failure
+        # when they are done and main() prints it again, to exit with status 2.
+        print(f"sparsenet: error: {run_dir.name}: {message}", file=sys.stderr, flush=True)
+        raise
+    if metrics["status"] == "failed":
+        # Divergence is a result, not a crash: a sweep goes on; a single run exits with 1.
+        print(f"sparsenet: run failed: {describe_failure(metrics)}", file=sys.stderr, flush=True)
+        if not sweeping:
+            raise SystemExit(1)
+        return None
     print(format_stage_table(metrics))
     s = metrics["summary"]
     print(
@@ -59,7 +141,17 @@ def main() -> None:
         print_choices()
         return
     register_resolvers()
-    _hydra_main()
+    debug = _debug() or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    # Hydra then re-raises what goes wrong (a typo'd key, a missing choice) instead of printing
+    # its own multi-line report, and the error is printed here as one line.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _hydra_main()
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None or debug:
+            raise
+        _fail(message, 2)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
-from sparsenet.errors import ConfigError
+from sparsenet.errors import CheckpointError, ConfigError, OutputError
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -61,20 +64,34 @@ def set_num_threads(requested: int | None = None) -> int:
     return int(requested)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through `write` to a temporary file in the same folder, flush it to disk, then
+    rename it over `path`: readers (and a run killed at any moment) see the old file or the
+    new one, never half of one. A failure (read-only folder, full disk) raises OutputError
+    naming the file and leaves its previous version in place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            reason = error.strerror or str(error)
+            raise OutputError(
+                f"cannot write {path}: {reason}; its previous version, if any, is unchanged"
+            ) from error
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -82,13 +99,20 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load with weights_only=True: tensors and plain containers only. A file that
+    asks the unpickler for anything else (a class, a function: the way a crafted checkpoint
+    runs code) is refused with CheckpointError naming it; nothing in it is executed."""
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        detail = " ".join(str(error).split())
+        found = re.search(r"(Unsupported (global|operand)[^.]*)", detail)
+        raise CheckpointError(
+            f"refusing to load {path}: it holds objects other than tensors and plain data "
+            f"({found.group(1) if found else 'rejected by the weights-only unpickler'}), which "
+            "could run code when unpickled; use a checkpoint written by sparsenet"
+        ) from None

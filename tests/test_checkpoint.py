@@ -4,9 +4,11 @@ of a pruned model matches PyTorch (when the `onnx` extra is installed)."""
 
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_module
 from torch import nn
 
 from sparsenet.checkpoint import (
@@ -18,7 +20,10 @@ from sparsenet.checkpoint import (
     onnx_max_abs_diff,
     save_pruned,
 )
+from sparsenet.errors import CheckpointError
 from sparsenet.models import get_model, list_models
+from sparsenet.pipeline import run_experiment
+from sparsenet.pipeline.resume import config_hash, register_resolvers
 from sparsenet.pruning import FoldedConv2d, PruneSettings, prune_units
 
 
@@ -86,6 +91,60 @@ def test_the_state_file_holds_tensors_only(tmp_path):
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert any(k.endswith("fold_kernel") for k in state)
     assert load_run_info(tmp_path)["config"] is None
+
+
+class _Payload:
+    """Unpickling this calls Path.touch(marker), as a crafted checkpoint would call os.system:
+    a weights-only load must refuse it before calling anything."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _smoke_config():
+    register_resolvers()
+    with initialize_config_module(config_module="sparsenet.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=["experiment=smoke"])
+
+
+def test_a_saved_model_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "code-ran"
+    model, kwargs, _ = _pruned("lenet5")
+    save_pruned(model, tmp_path / "model", kwargs)
+    weights = tmp_path / "model" / WEIGHTS_FILE
+    state = torch.load(weights, weights_only=True)
+    torch.save({**state, "fc2.extra": _Payload(marker)}, weights)
+    with pytest.raises(CheckpointError) as info:
+        load_pruned(tmp_path / "model")
+    assert str(info.value).startswith(f"refusing to load {weights}: ")
+    assert not marker.exists()
+    torch.load(weights, weights_only=False)  # the control: a plain load runs the payload
+    assert marker.exists()
+
+
+def test_a_run_checkpoint_that_would_run_code_is_refused_on_resume(tmp_path, sparsenet_cli):
+    marker = tmp_path / "code-ran"
+    cfg = _smoke_config()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    checkpoint = run_dir / "checkpoint.pt"
+    state = {"config_hash": config_hash(cfg), "stage_index": 0, "stage_epoch": 1}
+    torch.save({**state, "history": [_Payload(marker)]}, checkpoint)
+    with pytest.raises(CheckpointError, match=f"^refusing to load {checkpoint}: ") as info:
+        run_experiment(cfg, run_dir)
+    assert not marker.exists()
+    record = json.loads((run_dir / "metrics.json").read_text())  # for a sweep's summary
+    assert record == {"status": "error", "error": str(info.value)}
+
+    # The same command resumes through the CLI: one line naming the file, status 2.
+    proc = sparsenet_cli("experiment=smoke", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"sparsenet: error: refusing to load {checkpoint}: ")
+    assert proc.stderr.count("\n") == 1
+    assert not marker.exists() and checkpoint.exists()  # left for the user to inspect
 
 
 def test_specs_written_before_folded_convs_still_load(tmp_path):

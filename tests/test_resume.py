@@ -3,21 +3,10 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from sparsenet.pipeline.resume import config_hash, run_dirname
 
 QUICK = ("experiment=smoke", "train.epochs=1", "finetune.epochs=0", "train.progress=false")
-
-
-def _sparsenet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sparsenet", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_run_dirname_is_sorted_safe_and_bounded():
@@ -38,34 +27,34 @@ def test_config_hash_ignores_where_data_lives_but_not_what_is_computed():
     assert config_hash(base) != config_hash(reseeded)
 
 
-def test_second_identical_command_skips_the_completed_run(tmp_path):
-    first = _sparsenet(*QUICK, cwd=tmp_path)
+def test_second_identical_command_skips_the_completed_run(sparsenet_cli, tmp_path):
+    first = sparsenet_cli(*QUICK, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     metrics_file = next((tmp_path / "outputs" / "runs" / "smoke").glob("*/metrics.json"))
     before = metrics_file.stat().st_mtime_ns
 
-    again = _sparsenet(*QUICK, cwd=tmp_path)
+    again = sparsenet_cli(*QUICK, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already completed" in again.stdout
     assert metrics_file.stat().st_mtime_ns == before
 
-    rerun = _sparsenet(*QUICK, "resume=false", cwd=tmp_path)
+    rerun = sparsenet_cli(*QUICK, "resume=false", cwd=tmp_path)
     assert rerun.returncode == 0 and "already completed" not in rerun.stdout
     assert metrics_file.stat().st_mtime_ns > before
 
 
-def test_a_folder_holding_another_config_is_not_overwritten(tmp_path):
+def test_a_folder_holding_another_config_is_not_overwritten(sparsenet_cli, tmp_path):
     run_dir = tmp_path / "run"
-    assert _sparsenet(*QUICK, f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
+    assert sparsenet_cli(*QUICK, f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
     kept = (run_dir / "metrics.json").read_text()
-    clash = _sparsenet(*QUICK, "seed=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    clash = sparsenet_cli(*QUICK, "seed=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert clash.returncode == 2
     assert "holds a run of another config" in clash.stderr and "Traceback" not in clash.stderr
     assert (run_dir / "metrics.json").read_text() == kept
     assert json.loads(kept)["config"]["seed"] == 0
 
 
-def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(tmp_path):
+def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(sparsenet_cli, tmp_path):
     """SIGKILL after the first checkpointed epoch, run the same command again: every figure
     except timings equals the uninterrupted run's (same seed, CPU)."""
     import signal
@@ -81,7 +70,7 @@ def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(tmp_path):
         "train.progress=false",
         "train.num_threads=1",
     )
-    straight = _sparsenet(*args, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    straight = sparsenet_cli(*args, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     run_dir = tmp_path / "killed"
@@ -98,7 +87,7 @@ def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(tmp_path):
     proc.wait()
     assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.json").exists()
 
-    resumed = _sparsenet(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    resumed = sparsenet_cli(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
     assert not (run_dir / "checkpoint.pt").exists()
@@ -155,3 +144,47 @@ def test_interrupted_sweep_reruns_only_what_did_not_finish(tmp_path):
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and int(float(rows[0]["seeds"])) == 3
+
+
+TIMINGS = {"wall_s", "latency_ms", "speedup", "total_wall_s"}
+
+
+def _without_timings(tree):
+    if isinstance(tree, dict):
+        return {k: _without_timings(v) for k, v in tree.items() if k not in TIMINGS}
+    if isinstance(tree, list):
+        return [_without_timings(v) for v in tree]
+    return tree
+
+
+def test_the_same_config_and_seed_twice_give_identical_results(tmp_path):
+    """On the CPU a run is a function of its config and seed: every figure but the timings,
+    the history and the final weights are equal; another seed changes them."""
+    import torch
+    from hydra import compose, initialize_config_module
+
+    from sparsenet.pipeline import run_experiment
+    from sparsenet.pipeline.resume import register_resolvers
+
+    register_resolvers()
+    overrides = [
+        "experiment=smoke",
+        "train.epochs=2",
+        "train.progress=false",
+        "report.latency_batch_size=8",
+    ]
+    with initialize_config_module(config_module="sparsenet.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+        reseeded = compose(config_name="config", overrides=[*overrides, "seed=1"])
+    runs = {name: tmp_path / name for name in ("a", "b", "seed1")}
+    metrics = {
+        name: run_experiment(reseeded if name == "seed1" else cfg, folder)
+        for name, folder in runs.items()
+    }
+    assert metrics["a"]["status"] == "completed"
+    assert _without_timings(metrics["a"]) == _without_timings(metrics["b"])
+    history = {name: (folder / "history.csv").read_text() for name, folder in runs.items()}
+    assert history["a"] == history["b"] != history["seed1"]
+    weights = [torch.load(f / "model" / "model_state.pt", weights_only=True) for f in runs.values()]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sparsenet.runtime import atomic_torch_save
+from sparsenet.errors import CheckpointError
+from sparsenet.runtime import atomic_torch_save, safe_torch_load
 
 # Overrides that change where data is read or how progress is shown, or only describe the run
 # (`reference`: the paper figures a bundle is held against), not what a run computes.
@@ -77,6 +78,17 @@ def completed_metrics(metrics_file: Path, expected_hash: str) -> dict | None:
     return None
 
 
+def describe_failure(metrics: dict) -> str | None:
+    """One line from a failed run's "failure" record: `diverged in train epoch 2: <reason>`
+    (None when there is none). A failed run is skipped like a completed one: the same config
+    and seed would fail the same way; resume=false runs it again."""
+    failure = metrics.get("failure")
+    if not isinstance(failure, dict):
+        return None
+    where = f"{failure.get('stage', '?')} epoch {failure.get('epoch', '?')}"
+    return f"diverged in {where}: {failure.get('reason', 'no reason recorded')}"
+
+
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
@@ -108,13 +120,18 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
 
 def load_checkpoint(run_dir: Path, expected_hash: str) -> dict | None:
     """The run's last checkpoint if it belongs to this config, else None. Only tensors and
-    plain containers are read (weights_only=True): a checkpoint cannot run code."""
+    plain containers are read (weights_only=True): a checkpoint cannot run code, and one
+    that tries is refused (CheckpointError) rather than silently replaced."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_torch_load(path)
+    except CheckpointError:
+        raise
     except Exception as error:  # noqa: BLE001 - a damaged checkpoint means: start over
         print(f"ignoring unreadable checkpoint {path}: {error}")
         return None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a sparsenet checkpoint (not a dict of states)")
     return state if state.get("config_hash") == expected_hash else None

@@ -12,7 +12,6 @@ import json
 import time
 from pathlib import Path
 
-import hydra
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -20,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from sparsenet.checkpoint import narrow_to_spec, save_pruned
 from sparsenet.data import build_datasets, check_matches_config
 from sparsenet.data.loaders import make_loader
-from sparsenet.errors import ConfigError
+from sparsenet.errors import ConfigError, OutputError, RunDiverged, UserInputError
 from sparsenet.measure import dense_layer_units, describe_model, measure_latency_ms
 from sparsenet.models import get_model
 from sparsenet.pipeline.engine import evaluate
@@ -28,10 +27,16 @@ from sparsenet.pipeline.resume import (
     CHECKPOINT_FILE,
     completed_metrics,
     config_hash,
+    describe_failure,
     load_checkpoint,
     set_rng_state,
 )
-from sparsenet.pipeline.stages import STAGES, RunContext, check_stage_configs
+from sparsenet.pipeline.stages import STAGES, RunContext
+from sparsenet.pipeline.validate import (
+    build_regularizer,
+    check_regularizer_fits,
+    validate_config,
+)
 from sparsenet.runtime import (
     atomic_write_bytes,
     atomic_write_json,
@@ -48,12 +53,28 @@ def _model_kwargs(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg.model, resolve=True)
 
 
+def _build_model(cfg: DictConfig) -> torch.nn.Module:
+    kwargs = _model_kwargs(cfg)
+    name = kwargs.pop("name")
+    try:
+        return get_model(name, **kwargs)
+    except ConfigError as error:  # the builder's own check (input too small, unknown init)
+        raise ConfigError(f"model={name}: {error}") from None
+
+
 def build_context(cfg: DictConfig, run_dir: Path) -> RunContext:
+    """Model, regularizer, data and loaders of a run whose config `validate_config` passed."""
     flush_denormals(bool(cfg.train.get("flush_denormal", True)))
     set_num_threads(cfg.train.get("num_threads"))
-    check_stage_configs(cfg)  # bad prune/finetune values fail before training, not after
     seed_everything(int(cfg.seed))
     device = select_device(str(cfg.train.device))
+    # The model and the regularizer before the data: what they refuse (a layer pattern that
+    # matches nothing) fails before minutes of reading. No data builder draws from the global
+    # RNG, so the model's initialisation is the same in either order.
+    model = _build_model(cfg)
+    regularizer = build_regularizer(cfg)
+    check_regularizer_fits(regularizer, model)
+    model = model.to(device)
     dataset_options = OmegaConf.to_container(cfg.dataset, resolve=True)
     # num_workers is for the loader; num_classes / input_shape are for the model config to
     # interpolate, so they are checked against the data rather than passed to the builder.
@@ -61,8 +82,6 @@ def build_context(cfg: DictConfig, run_dir: Path) -> RunContext:
     declared = {key: dataset_options.pop(key, None) for key in ("num_classes", "input_shape")}
     data = build_datasets(dataset_options.pop("name"), **dataset_options)
     check_matches_config(data, **declared)
-    model_kwargs = _model_kwargs(cfg)
-    model = get_model(model_kwargs.pop("name"), **model_kwargs).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader_options = dict(
@@ -80,7 +99,6 @@ def build_context(cfg: DictConfig, run_dir: Path) -> RunContext:
         seed=int(cfg.seed),
         **loader_options,
     )
-    regularizer = hydra.utils.instantiate(cfg.regularizer)
     ctx = RunContext(cfg, run_dir, device, model, data, train_loader, test_loader, regularizer)
     if cfg.report.get("train_accuracy", False):
         ctx.train_eval_loader = make_loader(
@@ -114,11 +132,31 @@ def _measure(ctx: RunContext, dense_units: dict[str, int]) -> dict:
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Run the stages named in cfg.stages and return the metrics written to metrics.json."""
+    """Run the stages named in cfg.stages and return the metrics written to metrics.json.
+
+    A run that diverges returns its metrics with status `failed`. Bad input (UserInputError)
+    is raised, after leaving `{"status": "error", "error": message}` in a run folder that has
+    no metrics.json yet, so a sweep's summary lists the run with its reason."""
     run_dir = Path(run_dir)
-    unknown = [name for name in cfg.stages if name not in STAGES]
-    if unknown:
-        raise ConfigError(f"stages: {unknown} are not stages; allowed: {', '.join(STAGES)}")
+    try:
+        return _run(cfg, run_dir)
+    except UserInputError as error:
+        _record_error(run_dir, error)
+        raise
+
+
+def _record_error(run_dir: Path, error: UserInputError) -> None:
+    metrics_file = run_dir / METRICS_FILE
+    if metrics_file.exists() or isinstance(error, OutputError):
+        return  # never over results (another config's, say), nor where writing just failed
+    try:
+        atomic_write_json(metrics_file, {"status": "error", "error": str(error)})
+    except OutputError:
+        pass
+
+
+def _run(cfg: DictConfig, run_dir: Path) -> dict:
+    validate_config(cfg)  # every value, before anything is read or written
     chash = config_hash(cfg)
     previous = _previous_run(run_dir / METRICS_FILE, chash, bool(cfg.resume))
     if previous is not None:
@@ -142,7 +180,10 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
             continue
         ctx.stage_index = index
         start = time.perf_counter()
-        extra = STAGES[name](ctx)
+        try:
+            extra = STAGES[name](ctx)
+        except RunDiverged as diverged:
+            return _record_failure(ctx, metrics, diverged)
         wall = time.perf_counter() - start
         metrics["stages"][name] = {**_measure(ctx, dense_units), "wall_s": round(wall, 3), **extra}
         atomic_write_json(run_dir / METRICS_FILE, metrics)
@@ -162,6 +203,26 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
     )
     atomic_write_json(run_dir / METRICS_FILE, metrics)
     (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # model/ now holds the result
+    return metrics
+
+
+def _record_failure(ctx: RunContext, metrics: dict, diverged: RunDiverged) -> dict:
+    """A diverged run ends here: metrics.json says `failed` and where (the stages done keep
+    their figures), history.csv shows the epochs up to it. The checkpoint goes: the same
+    config and seed would diverge again, so a re-run skips this run (see _previous_run)."""
+    metrics["status"] = "failed"
+    metrics["failure"] = {
+        "stage": diverged.stage,
+        "epoch": diverged.epoch,
+        "reason": diverged.reason,
+    }
+    if ctx.history:
+        atomic_write_bytes(
+            ctx.run_dir / "history.csv", pd.DataFrame(ctx.history).to_csv(index=False).encode()
+        )
+    atomic_write_json(ctx.run_dir / METRICS_FILE, metrics)
+    (ctx.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    print(f"run failed: {describe_failure(metrics)} -> {ctx.run_dir / METRICS_FILE}", flush=True)
     return metrics
 
 
@@ -194,9 +255,16 @@ def _previous_run(metrics_file: Path, chash: str, resume: bool) -> dict | None:
         print(f"already completed with this config: {metrics_file} (resume=false runs it again)")
         return done
     try:
-        other = json.loads(metrics_file.read_text()).get("config_hash")
+        recorded = json.loads(metrics_file.read_text())
     except (OSError, ValueError):
-        other = None
+        recorded = {}
+    other = recorded.get("config_hash") if isinstance(recorded, dict) else None
+    if other == chash and recorded.get("status") == "failed":
+        print(
+            f"already failed with this config ({describe_failure(recorded)}): {metrics_file} "
+            "(resume=false runs it again)"
+        )
+        return recorded
     if other is not None and other != chash:
         raise ConfigError(
             f"{metrics_file.parent} holds a run of another config (hash {other}, this one "

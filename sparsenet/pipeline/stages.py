@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from torch import nn
 
 from sparsenet.checkpoint import shape_spec
 from sparsenet.data import DataSplits
-from sparsenet.errors import ConfigError
+from sparsenet.errors import ConfigError, RunDiverged
 from sparsenet.pipeline.engine import StepSettings, evaluate, make_schedule, train_epoch
 from sparsenet.pipeline.resume import rng_state, save_checkpoint, set_rng_state
 from sparsenet.pruning import PruneSettings, prune_units
@@ -88,19 +89,25 @@ def _fit(
     last: dict = ctx.history[-1] if start_epoch else {}
     for epoch in range(start_epoch + 1, epochs + 1):
         lr_now = optimizer.param_groups[0]["lr"]
-        stats = train_epoch(
-            step_model,
-            ctx.train_loader,
-            optimizer,
-            scheduler,
-            regularizer,
-            ctx.device,
-            description=f"{stage} {epoch}/{epochs}",
-            progress=progress,
-            settings=settings,
-            scaler=scaler,
-        )
+        try:
+            stats = train_epoch(
+                step_model,
+                ctx.train_loader,
+                optimizer,
+                scheduler,
+                regularizer,
+                ctx.device,
+                description=f"{stage} {epoch}/{epochs}",
+                progress=progress,
+                settings=settings,
+                scaler=scaler,
+            )
+        except FloatingPointError as error:  # the engine's check of the epoch's loss
+            raise RunDiverged(stage, epoch, str(error)) from error
         stats.update(evaluate(step_model, ctx.test_loader, ctx.device, settings))
+        if not math.isfinite(stats["test_loss"]):
+            # The last step of the epoch can break the weights after the loss was taken.
+            raise RunDiverged(stage, epoch, f"test loss became {stats['test_loss']}")
         last = {"stage": stage, "epoch": epoch, "lr": lr_now, **stats}
         ctx.history.append(last)
         ctx.save_checkpoint(

@@ -20,6 +20,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from sparsenet.errors import UserInputError
+
 log = logging.getLogger(__name__)
 
 ACCURACY_PLOT = "accuracy_vs_params"
@@ -67,5 +69,7 @@ class SweepSummary(Callback):
             return
         try:
             summarize_folder(folder, plot=self.plot, echo=self.echo)
+        except UserInputError as error:  # a folder that cannot be written: one line, no trace
+            log.error("sweep summary not written: %s", error)
         except Exception:  # the runs are on disk whatever happens here
             log.exception("sweep summary failed; rebuild it with: sparsenet-report %s", folder)

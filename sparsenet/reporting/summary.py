@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sparsenet.pipeline.resume import describe_failure
 from sparsenet.reporting.runs import Run, swept_keys
 
 FOLDED = ("seed",)
@@ -167,7 +168,13 @@ def failed_table(
     for run in runs:
         if run.completed:
             continue
-        reason = run.problem or (run.metrics or {}).get("error") or f"status is '{run.status}'"
+        metrics = run.metrics or {}
+        reason = (
+            run.problem
+            or describe_failure(metrics)
+            or metrics.get("error")
+            or f"status is '{run.status}'"
+        )
         rows.append(
             {
                 "run": run.label(root),
