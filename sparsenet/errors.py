@@ -30,3 +30,6 @@ class RunDiverged(FloatingPointError):
     def __init__(self, stage: str, epoch: int, reason: str) -> None:
         super().__init__(f"{stage} epoch {epoch}: {reason}")
         self.stage, self.epoch, self.reason = stage, epoch, reason
+
+    def __reduce__(self):  # picklable across launcher processes despite the custom __init__
+        return (type(self), (self.stage, self.epoch, self.reason))

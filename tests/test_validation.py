@@ -241,6 +241,7 @@ VALID = st.fixed_dictionaries(
     max_examples=15,
     deadline=None,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(choice=VALID, strength=st.sampled_from([0, 1e-4, 1e-2]))
