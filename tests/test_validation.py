@@ -127,6 +127,8 @@ BAD_INPUTS = [
     ),
     ("finetune.epochs=-2", "finetune.epochs=-2 must be an integer >= 0"),
     ("finetune.lr=0", "finetune.lr=0.0 must be > 0"),
+    ("finetune.lr=inf", "finetune.lr=inf must be a finite number > 0"),
+    ("finetune=sgd finetune.optimizer.momentum=-0.9", "finetune.optimizer.momentum=-0.9 is out"),
     # data, model, report, run keys
     ("dataset.train_subset=0", "dataset.train_subset=0 must be null or an integer >= 1"),
     (

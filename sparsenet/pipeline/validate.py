@@ -142,18 +142,18 @@ def _dummy_parameters() -> list[nn.Parameter]:
     return [nn.Parameter(torch.zeros(2))]
 
 
-def check_optimizer(key: str, optimizer: DictConfig, lr: Any) -> torch.optim.Optimizer:
-    """An optimizer config with learning rate `lr`: built on a dummy parameter, so whatever
-    torch refuses (a bad beta, an unknown argument) is refused here, naming the key."""
+def check_optimizer(key: str, optimizer: DictConfig, lr: Any, lr_key: str) -> None:
+    """An optimizer config with learning rate `lr` (the value of `lr_key`): built on a dummy
+    parameter, so whatever torch refuses (a bad beta, an unknown argument) is refused here,
+    naming the key."""
     if not isinstance(optimizer, DictConfig) or "_target_" not in optimizer:
         raise ConfigError(f"{key}={_show(optimizer)} must be an optimizer config with _target_")
-    lr_key = "finetune.lr" if key.startswith("finetune") else f"{key}.lr"
     check_number(lr_key, lr, above=0)
     for name, low in (("weight_decay", 0), ("momentum", 0), ("eps", 0)):
         if optimizer.get(name) is not None:
             check_number(f"{key}.{name}", optimizer.get(name), low=low)
     try:
-        return hydra.utils.instantiate(optimizer, lr=lr, _partial_=True)(_dummy_parameters())
+        hydra.utils.instantiate(optimizer, lr=lr, _partial_=True)(_dummy_parameters())
     except InstantiationException as error:
         raise instantiation_error(error, key) from None
     except (TypeError, ValueError) as error:  # raised by the optimizer's constructor
@@ -237,6 +237,8 @@ def _check_dataset(dataset: DictConfig) -> None:
     check_builder_options("dataset", name, DATASETS.get(name), options, DATASET_CONFIG_KEYS)
     for key in ("train_subset", "test_subset"):
         check_integer(f"dataset.{key}", options.get(key), 1, optional=True)
+    if "image_size" in options:
+        check_integer("dataset.image_size", options["image_size"], 1)
     check_integer("dataset.num_workers", dataset.get("num_workers", 0), 0)
     check_integer("dataset.num_classes", dataset.get("num_classes"), 2)
     shape = dataset.get("input_shape")
@@ -257,7 +259,7 @@ def _check_finetune(cfg: DictConfig) -> None:
     if "finetune" in cfg.stages:
         settings = finetune_settings(cfg)
         key = "finetune.optimizer" if cfg.finetune.get("optimizer") is not None else "optimizer"
-        check_optimizer(key, settings.optimizer, settings.lr)
+        check_optimizer(key, settings.optimizer, settings.lr, "finetune.lr")
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -268,7 +270,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(omegaconf_message(error)) from None
     _check_run_keys(cfg)
     _check_train(cfg.train)
-    check_optimizer("optimizer", cfg.optimizer, cfg.optimizer.get("lr"))
+    check_optimizer("optimizer", cfg.optimizer, cfg.optimizer.get("lr"), "optimizer.lr")
     _check_scheduler(cfg.scheduler)
     build_regularizer(cfg)
     check_stage_configs(cfg)  # prune.* (PruneSettings) and finetune.* (finetune_settings)
