@@ -36,7 +36,7 @@ BASE = (
     "report.latency_batch_size=4",
     "prune.calibration_samples=16",
 )
-GROUP_LASSO_STRUCTURES = "allowed: out, in, shape, layer"
+GROUP_LASSO_STRUCTURES = "allowed: out, in, shape, layer, coupled"
 LENET5_LAYERS = "layers: conv1, conv2, fc1, fc2"
 
 # (overrides, the line the user must see: key, value and what is allowed)

@@ -37,7 +37,6 @@ from sparsenet.errors import ConfigError
 from sparsenet.regularizers._coupled import CoupledGroups
 from sparsenet.regularizers._groups import (
     STRUCTURES,
-    check_structure,
     group_matrix,
     group_penalty,
     group_size,
@@ -60,8 +59,11 @@ class GroupLasso(Regularizer):
         include_batchnorm: bool = False,
     ) -> None:
         super().__init__(strength=strength, layers=layers, proximal=proximal)
-        if structure != "coupled":
-            check_structure(structure)
+        if structure not in GROUP_STRUCTURES:  # check_structure's list lacks `coupled`
+            raise ConfigError(
+                f"regularizer.structure={structure!r} is not a group structure; "
+                f"allowed: {', '.join(GROUP_STRUCTURES)}"
+            )
         self.structure = structure
         self.sqrt_weighting = bool(sqrt_weighting)
         self.include_batchnorm = bool(include_batchnorm)
