@@ -309,3 +309,23 @@ def test_stage_table_of_one_run(sweep):
     text = format_stage_table(run.metrics)
     assert text.splitlines()[2].startswith("train") and "20-50-500-10" in text
     assert math.isfinite(run.metrics["summary"]["compression"])
+
+
+def test_runs_missing_a_swept_key_form_their_own_row():
+    """Two sweeps merged into one folder: only some runs set the strength (pandas 3 regression)."""
+
+    def run(name: str, overrides: dict, acc: float) -> Run:
+        stage = {"test_acc": acc, "params": 100, "macs": 1000, "weight_sparsity": 0.0}
+        metrics = {"status": "completed", "stages": {"train": stage}}
+        return Run(path=Path(name), metrics=metrics, overrides=overrides)
+
+    runs = [
+        run("a", {"experiment": "ssl", "seed": "0", "regularizer.strength": "0.003"}, 99.0),
+        run("b", {"experiment": "ssl", "seed": "1", "regularizer.strength": "0.003"}, 98.0),
+        run("c", {"experiment": "ssl", "seed": "0"}, 97.0),
+    ]
+    table = build_summary(runs).table
+    assert len(table) == 2
+    unset = table["regularizer.strength"].isna()
+    assert table[~unset]["train.test_acc"].item() == pytest.approx(98.5)
+    assert table[unset]["train.test_acc"].item() == pytest.approx(97.0)

@@ -128,8 +128,11 @@ def _aggregate(records: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd
     if records.empty:
         return pd.DataFrame(columns=columns)
     # Key values may be None or mixed types: group on their text, show the values themselves.
+    # (str() per cell: pandas 3's astype(str) leaves a missing value as NaN, not text.)
     labels = (
-        records[keys].astype(str).agg("\x1f".join, axis=1) if keys else pd.Series(0, records.index)
+        records[keys].apply(lambda row: "\x1f".join(map(str, row)), axis=1)
+        if keys
+        else pd.Series(0, records.index)
     )
     rows = []
     for _, group in records.groupby(labels, sort=False):
