@@ -25,6 +25,7 @@ from sparsenet.data import (
     check_matches_config,
     list_datasets,
 )
+from sparsenet.data._augment import RandomShift
 from sparsenet.data.cifar10 import CLASSES
 from sparsenet.data.loaders import TensorBatchLoader, make_loader
 
@@ -145,8 +146,47 @@ def test_bad_options_name_the_key_and_what_is_allowed(mnist_root: Path):
         build_datasets("mnist", root=root, download=False, train_subset=13)
     with pytest.raises(ValueError, match=r"dataset.test_subset=6 .*1\.\.5"):
         build_datasets("mnist", root=root, download=False, test_subset=6)
-    with pytest.raises(ValueError, match="dataset.augment=true"):
-        build_datasets("mnist", root=root, download=False, augment=True)
+
+
+def test_random_shift_moves_each_image_by_its_own_offset():
+    # One bright pixel per image at (row 10, col 12); a shift (dy, dx) moves it to
+    # (10 + dy, 12 + dx); everything else is the fill value.
+    images = torch.full((64, 1, 28, 28), -0.5)
+    images[:, 0, 10, 12] = 3.0
+    shifted = RandomShift(2, fill=-0.5)(images, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape
+    moves = set()
+    for image in shifted:
+        bright = (image[0] == 3.0).nonzero().tolist()
+        assert len(bright) == 1 and (image[0] == -0.5).sum() == 28 * 28 - 1
+        dy, dx = bright[0][0] - 10, bright[0][1] - 12
+        assert -2 <= dy <= 2 and -2 <= dx <= 2
+        moves.add((dy, dx))
+    assert len(moves) > 10  # offsets drawn per image, not one per batch
+    # A pixel at the border shifted outwards leaves the image: the fill takes its place.
+    edge = torch.zeros(200, 1, 5, 5)
+    edge[:, 0, 0, 0] = 1.0
+    out = RandomShift(1)(edge, torch.Generator().manual_seed(1))
+    kept = out.flatten(1).sum(1)
+    assert set(kept.tolist()) == {0.0, 1.0} and 0 < kept.sum() < 200
+    assert torch.equal(RandomShift(0)(images, torch.Generator()), images)
+
+
+def test_mnist_augment_shifts_training_batches_only_and_reproducibly(mnist_root: Path):
+    data = build_datasets("mnist", root=str(mnist_root), download=False, augment=True)
+    plain = build_datasets("mnist", root=str(mnist_root), download=False, augment=False)
+    assert plain.train_augment is None and isinstance(data.train_augment, RandomShift)
+    # fill = the background (raw 0) after normalisation
+    assert data.train_augment.fill == pytest.approx(-0.1307 / 0.3081)
+
+    def epoch(seed: int) -> list[torch.Tensor]:
+        loader = make_loader(data.train, 4, shuffle=True, seed=seed, augment=data.train_augment)
+        return [x for x, _ in loader]
+
+    first, again = epoch(0), epoch(0)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    unshifted = make_loader(plain.train, 4, shuffle=True, seed=0)
+    assert any(not torch.equal(a, x) for a, (x, _) in zip(first, unshifted))
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,10 @@ the builder found.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from torch import Generator, Tensor
 from torch.utils.data import Dataset
 
 from sparsenet._registry import Registry
@@ -32,6 +33,8 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, int, int]
     in_memory: bool  # True when train/test are TensorDatasets already normalised
+    # In-memory data only: (images, generator) -> images, applied to training batches.
+    train_augment: Callable[[Tensor, Generator], Tensor] | None = None
 
 
 class DataNotFoundError(UserInputError, FileNotFoundError):

@@ -16,7 +16,7 @@ with seed + epoch at the start of each epoch (it also seeds the workers); both l
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -44,6 +44,7 @@ class TensorBatchLoader:
         seed: int,
         device: torch.device | str = "cpu",
         drop_last: bool = False,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} must be at least 1")
@@ -52,6 +53,7 @@ class TensorBatchLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.augment = augment
         self.epoch = 0
         device = torch.device(device)
         size = sum(t.numel() * t.element_size() for t in dataset.tensors)
@@ -79,7 +81,10 @@ class TensorBatchLoader:
         order = torch.randperm(self.num_samples, generator=generator).to(self.tensors[0].device)
         for start in range(0, min(stop, self.num_samples), self.batch_size):
             index = order[start : start + self.batch_size]
-            yield tuple(t[index] for t in self.tensors)
+            batch = tuple(t[index] for t in self.tensors)
+            if self.augment is not None:
+                batch = (self.augment(batch[0], generator), *batch[1:])
+            yield batch
 
 
 def make_loader(
@@ -92,15 +97,23 @@ def make_loader(
     device: torch.device | str = "cpu",
     pin_memory: bool = False,
     drop_last: bool = False,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> TensorBatchLoader | EpochSeededDataLoader:
     """A TensorBatchLoader for an in-memory TensorDataset, else a seeded DataLoader.
 
     num_workers and pin_memory apply to the DataLoader only (an in-memory dataset needs no
     workers; its batches are fresh tensors from indexing, so pinning the source would not help).
+    `augment` (in-memory data only) transforms each shuffled batch's inputs.
     """
     if isinstance(dataset, TensorDataset):
         return TensorBatchLoader(
-            dataset, batch_size, shuffle=shuffle, seed=seed, device=device, drop_last=drop_last
+            dataset,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            device=device,
+            drop_last=drop_last,
+            augment=augment,
         )
     return EpochSeededDataLoader(
         dataset,

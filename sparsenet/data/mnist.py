@@ -6,7 +6,11 @@ once and kept as `TensorDataset`s of x' = (x / 255 - mean) / std, shape N x 1 x 
 (188 MB for the training set), so batches are slices of one tensor: decoding a PIL image per
 sample costs more than the LeNet-sized forward pass it feeds. mean/std are the training-set
 pixel statistics (MNIST 0.1307 / 0.3081, Fashion-MNIST 0.2860 / 0.3530, as measured in
-`../shared/data/README.md`). No augmentation: the usual practice for both.
+`../shared/data/README.md`).
+
+`dataset.augment=true` [choice] shifts each training image by up to MAX_SHIFT = 2 pixels in
+each direction (background fill), the augmentation behind most MNIST results above 99.5%;
+off by default, the usual practice for both datasets.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from torch.utils.data import TensorDataset
 from torchvision import datasets
 
 from sparsenet.data import DataCorruptError, DataSplits, register_dataset
+from sparsenet.data._augment import RandomShift
 from sparsenet.data._common import check_format, check_subset, ensure_files
-from sparsenet.errors import ConfigError
 
 RAW_FILES = (
     "train-images-idx3-ubyte",
@@ -29,6 +33,7 @@ RAW_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+MAX_SHIFT = 2
 STATS = {"MNIST": (0.1307, 0.3081), "FashionMNIST": (0.2860, 0.3530)}
 
 
@@ -104,11 +109,6 @@ def _build(
     augment: bool,
 ) -> DataSplits:
     check_format(format, ("torchvision",), dataset)
-    if augment:
-        raise ConfigError(
-            f"dataset.augment=true is not supported for {dataset}: it is held in memory as "
-            f"normalised tensors; set dataset.augment=false"
-        )
     name = cls.__name__
     ensure_files(
         dataset,
@@ -130,6 +130,7 @@ def _build(
         num_classes=len(cls.classes),
         input_shape=(1, *train.data.shape[1:]),
         in_memory=True,
+        train_augment=RandomShift(MAX_SHIFT, fill=-mean / std) if augment else None,
     )
 
 

@@ -90,7 +90,12 @@ def build_context(cfg: DictConfig, run_dir: Path) -> RunContext:
         pin_memory=device.type == "cuda",
     )
     train_loader = make_loader(
-        data.train, int(cfg.train.batch_size), shuffle=True, seed=int(cfg.seed), **loader_options
+        data.train,
+        int(cfg.train.batch_size),
+        shuffle=True,
+        seed=int(cfg.seed),
+        augment=data.train_augment,
+        **loader_options,
     )
     test_loader = make_loader(
         data.test,
