@@ -63,7 +63,8 @@ class L1L2(Regularizer):
         if self.mode == "per_filter":
             return (weight.abs().sum(dims) / self._safe_l2(weight.square().sum(dims))).sum()
         norms = torch.linalg.vector_norm(weight, ord=2, dim=dims)
-        return norms.sum() / self._safe_l2(weight.square().sum())
+        # ||W||_F^2 = sum_f ||W[f]||^2: from the few filter norms, not another pass over W
+        return norms.sum() / self._safe_l2(norms.square().sum())
 
     def describe(self) -> dict:
         return {
