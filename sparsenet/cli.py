@@ -4,7 +4,11 @@
 Errors that are the user's to fix (a bad value, a typo'd key, missing data, an output folder
 that cannot be written) print one `sparsenet: error: ...` line and exit with status 2; a run
 whose loss diverged prints `sparsenet: run failed: ...` and exits with 1 (in a sweep the
-other runs go on). SPARSENET_DEBUG=1 (or HYDRA_FULL_ERROR=1) shows the traceback instead."""
+other runs go on). SPARSENET_DEBUG=1 (or HYDRA_FULL_ERROR=1) shows the traceback instead.
+
+Under torchrun every process runs this command and resolves the same run folder (it is named
+from the overrides); rank 0 alone prints the results, and only it keeps Hydra's `.hydra/`
+files and log (the others get hydra.output_subdir=null and stdout logging)."""
 
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from sparsenet.errors import UserInputError
+from sparsenet.pipeline.distributed import launcher_rank
 from sparsenet.pipeline.resume import register_resolvers
 
 CONFIG_GROUPS = ("dataset", "model", "regularizer", "optimizer", "scheduler", "prune", "experiment")
@@ -120,12 +125,18 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
         # when they are done and main() prints it again, to exit with status 2.
         print(f"sparsenet: error: {run_dir.name}: {message}", file=sys.stderr, flush=True)
         raise
+    quiet = launcher_rank() != 0  # another process of a data-parallel run: rank 0 reports
     if metrics["status"] == "failed":
         # Divergence is a result, not a crash: a sweep goes on; a single run exits with 1.
-        print(f"sparsenet: run failed: {describe_failure(metrics)}", file=sys.stderr, flush=True)
+        if not quiet:
+            print(
+                f"sparsenet: run failed: {describe_failure(metrics)}", file=sys.stderr, flush=True
+            )
         if not sweeping:
             raise SystemExit(1)
         return None
+    if quiet:
+        return metrics["summary"]
     print(format_stage_table(metrics))
     s = metrics["summary"]
     print(
@@ -136,10 +147,24 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     return metrics["summary"]
 
 
+# Given to the processes of rank > 0 (torchrun): rank 0 writes Hydra's files for the run.
+SECONDARY_RANK_OVERRIDES = {
+    "hydra.output_subdir": "hydra.output_subdir=null",
+    "hydra/job_logging": "hydra/job_logging=stdout",
+}
+
+
+def _secondary_rank_overrides(argv: list[str]) -> list[str]:
+    given = {arg.split("=", 1)[0].lstrip("+~") for arg in argv}
+    return [o for key, o in SECONDARY_RANK_OVERRIDES.items() if key not in given]
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "list":
         print_choices()
         return
+    if launcher_rank() != 0:
+        sys.argv.extend(_secondary_rank_overrides(sys.argv[1:]))
     register_resolvers()
     debug = _debug() or os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Hydra then re-raises what goes wrong (a typo'd key, a missing choice) instead of printing

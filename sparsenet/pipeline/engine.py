@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sparsenet.errors import ConfigError
+from sparsenet.pipeline.distributed import all_reduce_sum
 from sparsenet.regularizers.base import Regularizer
 
 SCHEDULES = ("cosine", "multistep", "constant")
@@ -82,24 +83,43 @@ def train_epoch(
     progress: bool = True,
     settings: StepSettings = StepSettings(),
     scaler: torch.amp.GradScaler | None = None,
+    regularized: nn.Module | None = None,
 ) -> dict[str, float]:
-    """One pass over `loader`; loss = cross-entropy + R(model). Returns epoch means."""
+    """One pass over `loader`; loss = cross-entropy + R(model). Returns epoch means.
+
+    `regularized` is the module the regularizer reads (default `model`); it differs when
+    `model` wraps it (DistributedDataParallel, torch.compile), whose module names differ.
+
+    Data-parallel (`loader.world_size` W > 1, `model` in DDP): this process's part of a global
+    batch of n samples gets loss W / n * sum of its CE + R. DDP averages the gradients over
+    the processes, so the step follows (1/n) sum of grad CE over the whole batch + grad R, the
+    gradient of a single process, even for parts of unequal size. The returned figures are
+    sums over all processes, the same on each."""
     model.train()
+    regularized = model if regularized is None else regularized
     regularize = regularizer is not None and regularizer.active
     scaler = scaler or settings.grad_scaler(device)
     amp_dtype = settings.amp_dtype(device)
-    total_loss = torch.zeros((), device=device)
-    total_reg = torch.zeros((), device=device)
+    world = getattr(loader, "world_size", 1)
+    global_sizes = loader.global_batch_sizes() if world > 1 else None
+    total_ce = torch.zeros((), device=device)  # sum over samples
+    total_reg = torch.zeros((), device=device)  # sum over samples of the step's R
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     bar = tqdm(loader, desc=description, leave=False, disable=not progress, mininterval=1.0)
-    for batch in bar:
+    for step, batch in enumerate(bar):
         x, y = _to(batch, device, settings.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=settings.amp):
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            if global_sizes is None:
+                loss = F.cross_entropy(logits, y)
+                total_ce += loss.detach() * len(y)
+            else:
+                ce_sum = F.cross_entropy(logits, y, reduction="sum")
+                total_ce += ce_sum.detach()
+                loss = ce_sum * (world / global_sizes[step])
         if regularize:
-            reg = regularizer(model)
+            reg = regularizer(regularized)
             total_reg += reg.detach() * len(y)
             loss = loss + reg
         optimizer.zero_grad(set_to_none=True)
@@ -107,19 +127,23 @@ def train_epoch(
         scaler.step(optimizer)
         scaler.update()
         if regularize:
-            regularizer.after_step(model, optimizer.param_groups[0]["lr"])
+            regularizer.after_step(regularized, optimizer.param_groups[0]["lr"])
         if scheduler is not None:
             scheduler.step()
-        total_loss += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-    loss_value = float(total_loss) / max(seen, 1)
+    if world > 1:
+        total_ce, total_reg, correct, seen = all_reduce_sum(
+            [total_ce, total_reg, correct, torch.tensor(seen, device=device)]
+        )
+    count = max(int(seen), 1)
+    loss_value = (float(total_ce) + float(total_reg)) / count
     if not math.isfinite(loss_value):
         raise FloatingPointError(f"training loss became {loss_value} in {description}")
     return {
         "loss": loss_value,
-        "reg": float(total_reg) / max(seen, 1),
-        "train_acc": 100.0 * float(correct) / max(seen, 1),
+        "reg": float(total_reg) / count,
+        "train_acc": 100.0 * float(correct) / count,
     }
 
 
@@ -127,19 +151,27 @@ def train_epoch(
 def evaluate(
     model: nn.Module, loader, device: torch.device, settings: StepSettings = StepSettings()
 ) -> dict[str, float]:
-    """Test loss and accuracy (percent) in eval mode."""
+    """Test loss and accuracy (percent) in eval mode. With a sharded loader (world_size > 1:
+    each process evaluates its part) the sums are reduced over the processes."""
     model.eval()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for batch in loader:
         x, y = _to(batch, device, settings.channels_last)
+        if len(y) == 0:  # a process's part of a batch smaller than the world
+            continue
         with torch.autocast(device.type, dtype=settings.amp_dtype(device), enabled=settings.amp):
             logits = model(x)
         total_loss += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
+    if getattr(loader, "world_size", 1) > 1:
+        total_loss, correct, seen = all_reduce_sum(
+            [total_loss, correct, torch.tensor(seen, device=device)]
+        )
+    count = max(int(seen), 1)
     return {
-        "test_loss": float(total_loss) / max(seen, 1),
-        "test_acc": 100.0 * float(correct) / max(seen, 1),
+        "test_loss": float(total_loss) / count,
+        "test_acc": 100.0 * float(correct) / count,
     }

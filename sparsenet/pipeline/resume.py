@@ -19,15 +19,21 @@ from sparsenet.runtime import atomic_torch_save, safe_torch_load
 
 # Overrides that change where data is read or how progress is shown, or only describe the run
 # (`reference`: the paper figures a bundle is held against), not what a run computes.
+# `train.distributed` says whether to use the launcher's processes; like their number, which is
+# no config key, it does not change what is computed (a run may resume on another count).
 IGNORED_KEYS = (
     "dataset.root",
     "dataset.download",
     "dataset.num_workers",
     "train.progress",
+    "train.distributed",
     "resume",
     "name",
     "reference",
 )
+# Keys added after runs were made: hashed only when set away from their default, so the
+# folders of older runs keep their hash (a re-run still finds them completed).
+HASHED_WHEN_CHANGED = {"train.sync_batchnorm": False}
 MAX_DIRNAME = 120
 RESOLVER = "sparsenet.dirname"
 
@@ -55,13 +61,15 @@ def config_hash(cfg: DictConfig | dict) -> str:
     """Hash of the resolved config without the keys that do not change results."""
     resolved = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     resolved = json.loads(json.dumps(resolved, sort_keys=True, default=str))
-    for key in IGNORED_KEYS:
+    for key in (*IGNORED_KEYS, *HASHED_WHEN_CHANGED):
         node = resolved
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        if key in IGNORED_KEYS or node[leaf] == HASHED_WHEN_CHANGED[key]:
+            del node[leaf]
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -4,6 +4,10 @@ Outputs in the run folder:
   metrics.json   per stage: test_acc, params, nonzero_params, macs, layers, wall_s, latency_ms
   history.csv    per epoch of each training stage
   model/         the final model as shape spec + plain state_dict (see checkpoint.py)
+
+In a data-parallel run (torchrun, or a submitit job of several tasks; see distributed.py)
+every process runs this, and rank 0 alone reads the previous results and checkpoint (its
+decision goes to all) and writes.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from sparsenet.data.loaders import make_loader
 from sparsenet.errors import ConfigError, OutputError, RunDiverged, UserInputError
 from sparsenet.measure import dense_layer_units, describe_model, measure_latency_ms
 from sparsenet.models import get_model
+from sparsenet.pipeline import distributed
+from sparsenet.pipeline.distributed import Ranks
 from sparsenet.pipeline.engine import evaluate
 from sparsenet.pipeline.resume import (
     CHECKPOINT_FILE,
@@ -42,7 +48,6 @@ from sparsenet.runtime import (
     atomic_write_json,
     flush_denormals,
     seed_everything,
-    select_device,
     set_num_threads,
 )
 
@@ -62,12 +67,14 @@ def _build_model(cfg: DictConfig) -> torch.nn.Module:
         raise ConfigError(f"model={name}: {error}") from None
 
 
-def build_context(cfg: DictConfig, run_dir: Path) -> RunContext:
-    """Model, regularizer, data and loaders of a run whose config `validate_config` passed."""
+def build_context(cfg: DictConfig, run_dir: Path, ranks: Ranks | None = None) -> RunContext:
+    """Model, regularizer, data and loaders of a run whose config `validate_config` passed;
+    for process `ranks` of a data-parallel run, the loaders give that process's parts."""
+    ranks = ranks or Ranks()
     flush_denormals(bool(cfg.train.get("flush_denormal", True)))
     set_num_threads(cfg.train.get("num_threads"))
-    seed_everything(int(cfg.seed))
-    device = select_device(str(cfg.train.device))
+    seed_everything(int(cfg.seed))  # the same on every process: identical initial weights
+    device = distributed.rank_device(ranks, str(cfg.train.device))
     # The model and the regularizer before the data: what they refuse (a layer pattern that
     # matches nothing) fails before minutes of reading. No data builder draws from the global
     # RNG, so the model's initialisation is the same in either order.
@@ -88,6 +95,8 @@ def build_context(cfg: DictConfig, run_dir: Path) -> RunContext:
         num_workers=num_workers,
         device=device,
         pin_memory=device.type == "cuda",
+        rank=ranks.rank,
+        world_size=ranks.world_size,
     )
     train_loader = make_loader(
         data.train,
@@ -105,6 +114,7 @@ def build_context(cfg: DictConfig, run_dir: Path) -> RunContext:
         **loader_options,
     )
     ctx = RunContext(cfg, run_dir, device, model, data, train_loader, test_loader, regularizer)
+    ctx.ranks = ranks
     if cfg.report.get("train_accuracy", False):
         ctx.train_eval_loader = make_loader(
             data.train,
@@ -126,13 +136,16 @@ def _measure(ctx: RunContext, dense_units: dict[str, int]) -> dict:
         figures.update({f"train_{k.removeprefix('test_')}": v for k, v in train_figures.items()})
     small_weight = float(report.get("small_weight", 1e-3))
     figures.update(describe_model(ctx.model, input_shape, dense_units, small_weight))
-    figures["latency_ms"] = measure_latency_ms(
-        ctx.model,
-        input_shape,
-        int(ctx.cfg.report.latency_batch_size),
-        ctx.device,
-        repeats=int(ctx.cfg.report.latency_repeats),
-    )
+    latency = None
+    if ctx.ranks.is_main:  # timed alone: the others wait for its figure
+        latency = measure_latency_ms(
+            ctx.model,
+            input_shape,
+            int(ctx.cfg.report.latency_batch_size),
+            ctx.device,
+            repeats=int(ctx.cfg.report.latency_repeats),
+        )
+    figures["latency_ms"] = distributed.broadcast_object(latency)
     return figures
 
 
@@ -143,10 +156,24 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
     is raised, after leaving `{"status": "error", "error": message}` in a run folder that has
     no metrics.json yet, so a sweep's summary lists the run with its reason."""
     run_dir = Path(run_dir)
+    ranks = Ranks()
     try:
-        return _run(cfg, run_dir)
+        validate_config(cfg)  # every value, before anything is read or written
+        ranks = distributed.detect(str(cfg.train.get("distributed", "auto")))
+        distributed.check_settings(
+            ranks,
+            int(cfg.train.batch_size),
+            bool(cfg.train.get("sync_batchnorm", False)),
+            str(cfg.train.device),
+        )
+        device = distributed.rank_device(ranks, str(cfg.train.device))
+        with distributed.process_group(ranks, device):
+            metrics = _run(cfg, run_dir, ranks)
+            distributed.barrier()  # the outputs are written when any process returns
+            return metrics
     except UserInputError as error:
-        _record_error(run_dir, error)
+        if ranks.is_main:
+            _record_error(run_dir, error)
         raise
 
 
@@ -160,14 +187,20 @@ def _record_error(run_dir: Path, error: UserInputError) -> None:
         pass
 
 
-def _run(cfg: DictConfig, run_dir: Path) -> dict:
-    validate_config(cfg)  # every value, before anything is read or written
+def _run(cfg: DictConfig, run_dir: Path, ranks: Ranks) -> dict:
     chash = config_hash(cfg)
-    previous = _previous_run(run_dir / METRICS_FILE, chash, bool(cfg.resume))
+
+    def find_previous() -> tuple[dict | None, dict | None]:
+        previous = _previous_run(run_dir / METRICS_FILE, chash, bool(cfg.resume))
+        if previous is not None:
+            return previous, None
+        return None, load_checkpoint(run_dir, chash) if cfg.resume else None
+
+    # Rank 0 reads the folder; every process gets its decision and the same checkpoint.
+    previous, checkpoint = distributed.from_main(ranks, find_previous)
     if previous is not None:
         return previous
-    checkpoint = load_checkpoint(run_dir, chash) if cfg.resume else None
-    ctx = build_context(cfg, run_dir)
+    ctx = build_context(cfg, run_dir, ranks)
     ctx.config_hash = chash
     dense_units = dense_layer_units(ctx.model)
     first_stage = _restore(ctx, checkpoint) if checkpoint else 0
@@ -178,6 +211,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
         "regularizer": ctx.regularizer.describe(),
         "device": str(ctx.device),
         "num_threads": torch.get_num_threads(),
+        "world_size": ranks.world_size,
         "stages": ctx.stage_metrics,
     }
     for index, name in enumerate(cfg.stages):
@@ -191,10 +225,13 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
             return _record_failure(ctx, metrics, diverged)
         wall = time.perf_counter() - start
         metrics["stages"][name] = {**_measure(ctx, dense_units), "wall_s": round(wall, 3), **extra}
-        atomic_write_json(run_dir / METRICS_FILE, metrics)
+        if ranks.is_main:
+            atomic_write_json(run_dir / METRICS_FILE, metrics)
         ctx.save_checkpoint(index + 1, 0)
     metrics["summary"] = summarize(metrics["stages"])
     metrics["status"] = "completed"
+    if not ranks.is_main:
+        return metrics
     if ctx.history:
         atomic_write_bytes(
             run_dir / "history.csv", pd.DataFrame(ctx.history).to_csv(index=False).encode()
@@ -221,6 +258,8 @@ def _record_failure(ctx: RunContext, metrics: dict, diverged: RunDiverged) -> di
         "epoch": diverged.epoch,
         "reason": diverged.reason,
     }
+    if not ctx.ranks.is_main:  # every process diverged alike (the loss is reduced over all)
+        return metrics
     if ctx.history:
         atomic_write_bytes(
             ctx.run_dir / "history.csv", pd.DataFrame(ctx.history).to_csv(index=False).encode()
@@ -244,7 +283,10 @@ def _restore(ctx: RunContext, checkpoint: dict) -> int:
     set_rng_state(checkpoint["rng"])
     stage = checkpoint["stage_index"]
     where = ctx.cfg.stages[stage] if stage < len(ctx.cfg.stages) else "the end"
-    print(f"resuming {ctx.run_dir}: {where}, after epoch {checkpoint['stage_epoch']}", flush=True)
+    if ctx.ranks.is_main:
+        print(
+            f"resuming {ctx.run_dir}: {where}, after epoch {checkpoint['stage_epoch']}", flush=True
+        )
     return stage
 
 

@@ -1,5 +1,9 @@
 """The three stages. Each mutates the run's model and returns its stage-specific figures;
-`run.py` times each stage and measures the model after it."""
+`run.py` times each stage and measures the model after it.
+
+Data-parallel runs (see distributed.py): every process runs every stage on its own copy of
+the model, identical on all; training steps go through a DistributedDataParallel wrapper made
+per stage (pruning changes the shapes), and only rank 0 writes checkpoints."""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from torch import nn
 from sparsenet.checkpoint import shape_spec
 from sparsenet.data import DataSplits
 from sparsenet.errors import ConfigError, RunDiverged
+from sparsenet.pipeline import distributed
+from sparsenet.pipeline.distributed import Ranks
 from sparsenet.pipeline.engine import StepSettings, evaluate, make_schedule, train_epoch
 from sparsenet.pipeline.resume import rng_state, save_checkpoint, set_rng_state
 from sparsenet.pruning import PruneSettings, prune_units
@@ -38,10 +44,14 @@ class RunContext:
     stage_metrics: dict = field(default_factory=dict)  # figures of the stages already done
     resume_state: dict | None = None  # a checkpoint to continue the current stage from
     train_eval_loader: Any = None  # the training split in order, for report.train_accuracy
+    ranks: Ranks = field(default_factory=Ranks)  # this process's place in a data-parallel run
 
     def save_checkpoint(self, stage_index: int, stage_epoch: int, **training_state) -> None:
         """Everything needed to continue after `stage_epoch` epochs of stage `stage_index`
-        (optimizer and scheduler states mid-stage), as tensors and plain data."""
+        (optimizer and scheduler states mid-stage), as tensors and plain data. Rank 0 only:
+        the state is the same on every process."""
+        if not self.ranks.is_main:
+            return
         save_checkpoint(
             self.run_dir,
             {
@@ -77,21 +87,28 @@ def _fit(
     total_steps = epochs * len(ctx.train_loader)
     sched_cfg = {k: v for k, v in cfg.scheduler.items() if k != "name"}
     scheduler = make_schedule(optimizer, cfg.scheduler.name, total_steps, **sched_cfg)
-    progress = bool(cfg.train.progress)
+    progress = bool(cfg.train.progress) and ctx.ranks.is_main  # bars and lines: rank 0's
     settings = StepSettings(amp=bool(cfg.train.amp), channels_last=bool(cfg.train.channels_last))
     scaler = settings.grad_scaler(ctx.device)
     if regularizer is not None:
         example = torch.zeros(1, *ctx.data.input_shape, device=ctx.device)
         regularizer.bind(ctx.model, example)
-    # Compiled per stage: pruning changes the shapes. Parameters stay those of ctx.model.
-    step_model = torch.compile(ctx.model) if cfg.train.compile else ctx.model
+    # Wrapped and compiled per stage: pruning changes the shapes. Parameters stay those of
+    # ctx.model, which the regularizer reads and evaluation runs (each process its part).
+    train_model = distributed.wrap(
+        ctx.model, ctx.device, sync_batchnorm=bool(cfg.train.get("sync_batchnorm", False))
+    )
+    eval_model = ctx.model
+    if cfg.train.compile:
+        eval_model = torch.compile(ctx.model)
+        train_model = eval_model if train_model is ctx.model else torch.compile(train_model)
     start_epoch = _resume_stage(ctx, optimizer, scheduler, scaler)
     last: dict = ctx.history[-1] if start_epoch else {}
     for epoch in range(start_epoch + 1, epochs + 1):
         lr_now = optimizer.param_groups[0]["lr"]
         try:
             stats = train_epoch(
-                step_model,
+                train_model,
                 ctx.train_loader,
                 optimizer,
                 scheduler,
@@ -101,10 +118,12 @@ def _fit(
                 progress=progress,
                 settings=settings,
                 scaler=scaler,
+                regularized=ctx.model,
             )
         except FloatingPointError as error:  # the engine's check of the epoch's loss
             raise RunDiverged(stage, epoch, str(error)) from error
-        stats.update(evaluate(step_model, ctx.test_loader, ctx.device, settings))
+        distributed.sync_buffers(ctx.model)
+        stats.update(evaluate(eval_model, ctx.test_loader, ctx.device, settings))
         if not math.isfinite(stats["test_loss"]):
             # The last step of the epoch can break the weights after the loss was taken.
             raise RunDiverged(stage, epoch, f"test loss became {stats['test_loss']}")
@@ -159,6 +178,8 @@ def prune_stage(ctx: RunContext) -> dict:
     settings = PruneSettings.from_config(ctx.cfg.prune)
     calibration = _calibration_batch(ctx, settings.calibration_samples)
     result = prune_units(ctx.model, calibration[:1], settings, calibration=calibration)
+    # Every process pruned its own copy; identical weights give identical choices.
+    distributed.check_identical(shape_spec(ctx.model), "the pruned model's layer shapes")
     figures = {
         "criterion": settings.criterion,
         "threshold": settings.threshold,

@@ -31,6 +31,7 @@ from torch import nn
 from sparsenet.data import DATASETS
 from sparsenet.errors import ConfigError, UserInputError
 from sparsenet.models import MODELS
+from sparsenet.pipeline.distributed import MODES
 from sparsenet.pipeline.engine import SCHEDULES, make_schedule
 from sparsenet.pipeline.stages import STAGES, check_stage_configs, finetune_settings
 from sparsenet.regularizers.base import Regularizer, regularizable_layers
@@ -51,6 +52,8 @@ TRAIN_KEYS = {
     "channels_last": "true or false",
     "flush_denormal": "true or false",
     "compile": "true or false",
+    "distributed": "auto or off",
+    "sync_batchnorm": "true or false",
 }
 REPORT_KEYS = ("latency_batch_size", "latency_repeats", "train_accuracy", "small_weight")
 DATASET_CONFIG_KEYS = ("name", "num_workers", "num_classes", "input_shape")  # not builder options
@@ -129,9 +132,10 @@ def _check_train(train: DictConfig) -> None:
     check_integer("train.batch_size", train.get("batch_size"), 1)
     check_integer("train.eval_batch_size", train.get("eval_batch_size"), 1)
     check_integer("train.num_threads", train.get("num_threads"), 1, optional=True)
-    for key in ("progress", "amp", "channels_last", "flush_denormal", "compile"):
+    for key in ("progress", "amp", "channels_last", "flush_denormal", "compile", "sync_batchnorm"):
         if key in train:
             check_boolean(f"train.{key}", train[key])
+    check_choice("train.distributed", train.get("distributed", "auto"), MODES)
     device = train.get("device")
     if not isinstance(device, str):
         raise ConfigError(f"train.device={_show(device)} must be one of {TRAIN_KEYS['device']}")
