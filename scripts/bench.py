@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -67,7 +66,7 @@ def bench_train(quick: bool) -> list[dict]:
     """Throughput of engine.train_epoch vs the bare loop, alternating blocks of equal work."""
     cpu = torch.device("cpu")
     cases = [("lenet5", (1, 28, 28), 128), ("resnet20", (3, 32, 32), 128)]
-    blocks, steps = (3, 5) if quick else (7, 20)
+    blocks, steps = (3, 5) if quick else (11, 40)
     reg_cfgs = _regularizers()
     rows = []
     for model_name, shape, batch in cases:
@@ -173,12 +172,22 @@ def bench_data(quick: bool) -> list[dict]:
     return rows
 
 
+# Runs the command as its own child and prints that child's peak RSS (kB): RUSAGE_CHILDREN of
+# this benchmark's process would be the maximum over every child it has waited for so far.
+_PEAK_RSS = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[1:])\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
 def _run_cli(args: list[str], cwd: Path, env: dict | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (MB) of one `python -m sparsenet` process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Wall seconds and peak RSS (MB) of one `python -m sparsenet` process (the sweep
+    launcher's worker processes included when they are its children)."""
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "sparsenet", *args],
+        [sys.executable, "-c", _PEAK_RSS, sys.executable, "-m", "sparsenet", *args],
         cwd=cwd,
         env={**os.environ, **(env or {})},
         capture_output=True,
@@ -187,8 +196,8 @@ def _run_cli(args: list[str], cwd: Path, env: dict | None = None) -> tuple[float
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"sparsenet {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, max(peak, before) // 1024
+    peak_kb = int(proc.stderr.strip().splitlines()[-1])
+    return wall, peak_kb // 1024
 
 
 def bench_memory(quick: bool, workdir: Path) -> list[dict]:
