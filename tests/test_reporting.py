@@ -329,3 +329,24 @@ def test_runs_missing_a_swept_key_form_their_own_row():
     unset = table["regularizer.strength"].isna()
     assert table[~unset]["train.test_acc"].item() == pytest.approx(98.5)
     assert table[unset]["train.test_acc"].item() == pytest.approx(97.0)
+
+
+def test_under_torchrun_only_rank_0_writes_the_sweep_summary(sweep, tmp_path, monkeypatch):
+    from sparsenet.reporting.callback import SweepSummary
+
+    folder = tmp_path / "sweep"
+    shutil.copytree(sweep[0], folder)
+    for name in ("summary.csv", "summary.md"):
+        (folder / name).unlink()
+    callback = SweepSummary(plot=False, echo=False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    callback._folder = folder
+    callback._summarize()
+    assert not (folder / "summary.csv").exists()
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    callback._folder = folder
+    callback._summarize()
+    assert (folder / "summary.csv").exists() and (folder / "summary.md").exists()

@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sparsenet.errors import UserInputError
+from sparsenet.pipeline.distributed import launcher_rank
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class SweepSummary(Callback):
     def _summarize(self) -> None:
         folder, self._folder = self._folder, None
         if folder is None or not folder.is_dir():
+            return
+        if launcher_rank() != 0:  # a sweep under torchrun: every rank ran it, one writes
             return
         try:
             summarize_folder(folder, plot=self.plot, echo=self.echo)
