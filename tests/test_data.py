@@ -184,9 +184,9 @@ def test_mnist_augment_shifts_training_batches_only_and_reproducibly(mnist_root:
         return [x for x, _ in loader]
 
     first, again = epoch(0), epoch(0)
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     unshifted = make_loader(plain.train, 4, shuffle=True, seed=0)
-    assert any(not torch.equal(a, x) for a, (x, _) in zip(first, unshifted))
+    assert any(not torch.equal(a, x) for a, (x, _) in zip(first, unshifted, strict=True))
 
 
 @pytest.mark.parametrize(
