@@ -10,16 +10,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def cli_env(cwd: Path, env: dict | None = None) -> dict:
+    """The environment of a command under test: SPARSENET_DATA points at an empty folder in
+    `cwd`, so nothing reads the real datasets by accident."""
+    return {**os.environ, "SPARSENET_DATA": str(cwd / "no-data-here"), **(env or {})}
+
+
 def run_sparsenet(
     *args: str, cwd: Path, env: dict | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
-    """`sparsenet ARGS` as a user types it, in `cwd`, output captured. SPARSENET_DATA points at
-    an empty folder there, so nothing reads the real datasets by accident."""
-    env = {**os.environ, "SPARSENET_DATA": str(cwd / "no-data-here"), **(env or {})}
+    """`sparsenet ARGS` as a user types it, in `cwd`, output captured (environment: cli_env)."""
     return subprocess.run(
         [sys.executable, "-m", "sparsenet", *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(cwd, env),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_env
 from torch.utils.data import Subset, TensorDataset
 
 from sparsenet.checkpoint import load_pruned
@@ -172,7 +173,7 @@ def _torchrun(*args: str) -> list[str]:
 
 
 def _env(cwd: Path) -> dict:
-    return {**os.environ, "SPARSENET_DATA": str(cwd / "no-data-here"), "OMP_NUM_THREADS": "1"}
+    return cli_env(cwd, {"OMP_NUM_THREADS": "1"})
 
 
 def _children(pid: int) -> list[int]:
