@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from sparsenet.errors import UserInputError
+from sparsenet.launchers import launcher_error_message
 from sparsenet.pipeline.distributed import launcher_rank
 from sparsenet.pipeline.resume import register_resolvers
 
@@ -63,6 +64,9 @@ def user_error_message(error: BaseException) -> str | None:
 
     if isinstance(error, UserInputError):
         return str(error)
+    refused = launcher_error_message(error)
+    if refused is not None:
+        return refused
     if isinstance(error, InstantiationException):
         return str(instantiation_error(error, "config"))
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:

@@ -48,26 +48,61 @@ def test_submitit_local_launcher_runs_the_cluster_path(sparsenet_cli, tmp_path):
     assert any((sweep_dir / ".submitit").iterdir())  # jobs went through submitit
 
 
+def _slurm_stand_ins(bin_dir: Path, sbatch_body: str) -> None:
+    """Every SLURM tool submitit looks for (`srun`, `sbatch`) as a stand-in script in bin_dir."""
+    bin_dir.mkdir(exist_ok=True)
+    for tool, body in (("srun", "exit 0\n"), ("sbatch", sbatch_body)):
+        path = bin_dir / tool
+        path.write_text("#!/bin/sh\n" + body)
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+def _path_without_slurm(bin_dir: Path | None = None) -> str:
+    """PATH without any folder that holds a real SLURM tool (bin_dir first, when given)."""
+    keep = [d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "srun").exists()]
+    keep = [d for d in keep if not (Path(d) / "sbatch").exists()]
+    return os.pathsep.join(([str(bin_dir)] if bin_dir else []) + keep)
+
+
 def test_slurm_launcher_writes_the_sbatch_script(sparsenet_cli, tmp_path):
-    """A stand-in `sbatch` keeps the job-array script and refuses it: no cluster needed."""
+    """Stand-ins keep the job-array script and refuse it (an unknown partition): no cluster
+    needed. The refusal is one line with exit status 2; earlier runs of the sweep stay."""
+    sweep = tmp_path / "sweep"
+    # an earlier sweep of the same study, run locally, that the refused one must not disturb
+    earlier = sparsenet_cli(*SMALL_SWEEP, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert earlier.returncode == 0, earlier.stderr[-3000:]
+    before = {p: p.read_bytes() for p in sweep.glob("*/metrics.json")}
+    assert len(before) == 2
+
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    sbatch = bin_dir / "sbatch"
-    sbatch.write_text('#!/bin/sh\ncp "$1" "$SBATCH_CAPTURE"\necho "no cluster here" >&2\nexit 1\n')
-    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
+    _slurm_stand_ins(
+        bin_dir,
+        'cp "$1" "$SBATCH_CAPTURE"\n'
+        'echo "sbatch: error: invalid partition specified: gpu" >&2\nexit 1\n',
+    )
     script = tmp_path / "captured.sbatch"
     proc = sparsenet_cli(
-        *SMALL_SWEEP,
+        "-m",
+        "experiment=smoke",
+        "seed=2,3",
+        "finetune.epochs=0",
         "hydra/launcher=slurm",
         "hydra.launcher.partition=gpu",
         "hydra.launcher.account=sparse-lab",
         "hydra.launcher.timeout_min=90",
         "hydra.launcher.array_parallelism=1",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
-        env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SBATCH_CAPTURE": str(script)},
+        env={"PATH": _path_without_slurm(bin_dir), "SBATCH_CAPTURE": str(script)},
     )
-    assert proc.returncode != 0  # sbatch refused: the sweep stops with the error
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("sparsenet: error:")]
+    assert errors == [
+        "sparsenet: error: hydra/launcher=slurm: sbatch refused the job array (exit status 1): "
+        "sbatch: error: invalid partition specified: gpu; check hydra.launcher.partition, "
+        "account, qos and timeout_min; no run was submitted"
+    ]
     lines = set(script.read_text().splitlines())
     for directive in (
         "--partition=gpu",
@@ -79,5 +114,26 @@ def test_slurm_launcher_writes_the_sbatch_script(sparsenet_cli, tmp_path):
         "--array=0-1%1",
     ):
         assert f"#SBATCH {directive}" in lines, directive
-    # the sweep folder still gets its (empty) summary from the exit hook
-    assert (tmp_path / "sweep" / "summary.md").is_file()
+    # the earlier runs are untouched and the rebuilt summary still holds them
+    assert {p: p.read_bytes() for p in sweep.glob("*/metrics.json")} == before
+    summary = (sweep / "summary.csv").read_text().splitlines()
+    assert summary[1].startswith("2,")  # two seeds folded: the earlier runs
+
+
+def test_slurm_launcher_without_slurm_says_so_in_one_line(sparsenet_cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = sparsenet_cli(
+        *SMALL_SWEEP,
+        "hydra/launcher=slurm",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        env={"PATH": _path_without_slurm()},
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert (
+        "sparsenet: error: hydra/launcher=slurm needs SLURM on this machine, but sbatch and srun "
+        "are not on PATH; submit from a cluster's login node, or try the same sweep locally with "
+        "hydra/launcher=slurm_local"
+    ) in proc.stderr.splitlines()
+    assert not list(sweep.glob("*/metrics.json"))  # nothing ran

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -45,12 +46,33 @@ def test_wheel_holds_every_module_and_config(wheel):
 
 
 def test_installed_wheel_finds_its_configs(wheel, tmp_path):
-    """Installed into a fresh environment (dependencies from this one), run outside the repo."""
+    """Installed into a fresh environment, run outside the repo. The dependencies come from the
+    environment the tests run in (a virtual one or not): its site-packages folders are listed
+    in a .pth file, which adds them after the new environment's own (and, being plain paths,
+    does not run this environment's editable-install hook, so the checkout stays out of reach)."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    (Path(site) / "_dependencies_of_the_test_env.pth").write_text("\n".join(ours) + "\n")
     subprocess.run(
-        [python, "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "-q",
+            str(wheel),
+        ],
         check=True,
         capture_output=True,
         timeout=300,
