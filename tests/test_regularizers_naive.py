@@ -1,5 +1,5 @@
 """Every regularizer's value and gradient against a naive reference written from the formulas
-in PAPERS.md: explicit Python loops over groups (and over weights where a formula is per
+in docs/methods.md: explicit Python loops over groups (and over weights where a formula is per
 weight), no shared helper with the library. Small random Linear and Conv2d layers."""
 
 import math

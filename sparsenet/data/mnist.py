@@ -5,8 +5,8 @@ Both are 28x28 grey images, 60,000 train / 10,000 test, 10 classes, stored as fo
 once and kept as `TensorDataset`s of x' = (x / 255 - mean) / std, shape N x 1 x 28 x 28 float32
 (188 MB for the training set), so batches are slices of one tensor: decoding a PIL image per
 sample costs more than the LeNet-sized forward pass it feeds. mean/std are the training-set
-pixel statistics (MNIST 0.1307 / 0.3081, Fashion-MNIST 0.2860 / 0.3530, as measured in
-`../shared/data/README.md`).
+pixel statistics (MNIST 0.1307 / 0.3081, Fashion-MNIST 0.2860 / 0.3530: mean and std of the
+60,000 training images, pixels scaled to [0, 1]; a `realdata` test checks MNIST's).
 
 `dataset.augment=true` [choice] shifts each training image by up to MAX_SHIFT = 2 pixels in
 each direction (background fill), the augmentation behind most MNIST results above 99.5%;

@@ -1,4 +1,4 @@
-"""Group structures shared by the regularizers and by pruning (PAPERS.md, "Group structures").
+"""Group structures shared by the regularizers and by pruning (docs/methods.md#group-structures).
 
 A layer weight is viewed as a matrix with one row per group, so all groups of a layer are
 reduced at once with `torch.linalg.vector_norm(..., dim=1)`; no Python loop over groups.

@@ -8,6 +8,7 @@ with its own `_target_`, which Hydra instantiates recursively (a plain mapping w
 `regularizer.strength=0` turns the combination off and `regularizer.parts.<name>.strength`
 tunes one part. After each step every part's hook runs in order with lr * strength (a
 proximal part thresholds by lr * strength * its own strength; SSL's zeroing needs no lr).
+See docs/methods.md#combining-regularizers.
 """
 
 from __future__ import annotations

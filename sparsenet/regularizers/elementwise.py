@@ -11,6 +11,7 @@ whole units die only when all of their weights do.
 
 Proximal option (off by default): L1 -> soft-thresholding sign(w) max(|w| - tau, 0), which
 gives exact zeros; L2 -> w / (1 + tau). tau = lr * strength * m_l.
+Method: docs/methods.md#l1-and-l2.
 """
 
 from __future__ import annotations

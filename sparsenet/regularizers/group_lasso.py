@@ -2,7 +2,7 @@
 
     R_GL(W) = sum_g c_g * ||w_g||_2,   c_g = sqrt(|g|) if sqrt_weighting else 1
 
-Groups (PAPERS.md, "Group structures"; `_groups.py`, `_coupled.py`):
+Groups (docs/methods.md#group-structures; `_groups.py`, `_coupled.py`):
   out      W[o, ...]        a neuron's / filter's incoming weights        Linear, Conv2d
   in       W[:, i, ...]     an input unit's / channel's outgoing weights   Linear, Conv2d
   shape    W[:, c, y, x]    SSL filter shape                               Conv2d only
@@ -16,13 +16,14 @@ group's layer multiplier is that of its root layer (the layer whose units it rem
 Group lasso is applied to every Conv2d/Linear layer unless `layers` says otherwise; the
 network's input pixels are groups only under `in` (paper A's feature selection).
 [choice] Scardapane et al. also put one group on each layer's bias unit (the biases as the
-outgoing weights of a constant input); biases are not regularized here (PAPERS.md: unless a
-config says so), so those groups are left out.
+outgoing weights of a constant input); biases are not regularized here (not unless a config
+says so, docs/methods.md#notation), so those groups are left out.
 
 Proximal option ([choice], off by default): after each optimizer step apply group
 soft-thresholding w_g <- w_g * max(0, 1 - lr * strength * m_l * c_g / ||w_g||), the exact
 proximal operator of lr * strength * R_GL, so dead groups reach exact zeros instead of
 oscillating around zero under the subgradient.
+Method and sources: docs/methods.md#group-lasso.
 """
 
 from __future__ import annotations

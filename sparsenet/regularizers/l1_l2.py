@@ -19,6 +19,7 @@ incoming weights; `in` and `shape` are allowed).
 Numerically safe [choice]: the denominator is sqrt(||x||_2^2 + eps^2), so an all-zero filter
 or layer gives ratio 0 with a finite (zero) gradient instead of 0/0; for any x with
 ||x||_2 >> eps the value is the ratio itself.
+Method and sources: docs/methods.md#l1-over-l2-pseudo-norm.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ loss is the plain cross-entropy of the logits, so that bug is not reproduced.
 The run's strength is strength * inner.strength (configs set inner.strength: 1.0); the
 inner's `layers` map picks layers and per-layer multipliers; the proximal option is the
 inner's (`inner.proximal`), applied to the regularized units only.
+Method and sources: docs/methods.md#partial-regularization.
 """
 
 from __future__ import annotations

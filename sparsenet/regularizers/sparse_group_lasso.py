@@ -1,4 +1,4 @@
-"""Sparse group lasso: group lasso plus an l1 term, in the two forms PAPERS.md lists.
+"""Sparse group lasso: group lasso plus an l1 term, in two forms.
 
     form=scardapane   R = R_GL(W) + ||W||_1                      (Scardapane et al. 2017)
     form=statistics   R = (1 - alpha) * R_GL(W) + alpha * ||W||_1  (Simon, Friedman, Hastie &
@@ -12,6 +12,7 @@ Proximal option ([choice], off by default): elementwise soft-thresholding by
 lr * strength * m_l * w_1, then group soft-thresholding by lr * strength * m_l * w_GL * c_g
 (w_1, w_GL the two weights above). For non-overlapping groups this composition is the exact
 proximal operator of the sparse group lasso (Friedman, Hastie & Tibshirani 2010).
+Method and sources: docs/methods.md#sparse-group-lasso.
 """
 
 from __future__ import annotations

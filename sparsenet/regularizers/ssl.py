@@ -26,6 +26,7 @@ Proximal option ([choice], off by default): group soft-thresholding by
 lr * lambda_t * m_l, one group type after another in the order of the table. Exact for a
 single group type; for overlapping types (filter and channel share weights) it is the usual
 sequential approximation of the proximal operator of their sum.
+Method and sources: docs/methods.md#ssl.
 """
 
 from __future__ import annotations

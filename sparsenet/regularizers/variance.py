@@ -5,7 +5,7 @@ Networks", IEEE).
 the current distribution of the parameters and a target that puts most weights at zero while
 the non-zero ones have a high variance; the term is there to recover the accuracy lost to
 sparsity. Its groups, strengths, target and estimator are unknown: everything below is a
-[choice] (PAPERS.md, paper B).
+[choice] (docs/methods.md#variance-regularization).
 
 Target, per layer l, in units of the layer's initial weight std sigma_l (captured by the first
 `bind` or the first call, and kept when `bind` runs again on the pruned model):
