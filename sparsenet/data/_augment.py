@@ -80,7 +80,8 @@ class RandomCropFlip:
         rows = dy.to(device)[:, None] + torch.arange(height, device=device)  # n x H
         cols = torch.arange(width, device=device).expand(n, width)
         cols = (
-            torch.where(flip.to(device)[:, None], width - 1 - cols, cols) + dx.to(device)[:, None]
+            torch.where(flip.to(device, torch.bool)[:, None], width - 1 - cols, cols)
+            + dx.to(device)[:, None]
         )
         # One gather: out[i, k, r, c] = padded[i, k, rows[i, r], cols[i, c]].
         return padded[
