@@ -263,6 +263,11 @@ def load_or_build(
     }
     try:
         atomic_torch_save(payload, target)
+        # mkstemp makes the file private (0600); a cache next to shared data is for everyone
+        # who may read the data, so give it the permissions a plain new file would get.
+        umask = os.umask(0)
+        os.umask(umask)
+        target.chmod(0o666 & ~umask)
     except OutputError as error:  # e.g. the disk filled up: the run goes on, uncached
         warnings.warn(f"{source.dataset}: {error}; the next run decodes again", stacklevel=3)
     return images, labels

@@ -1,0 +1,247 @@
+"""CIFAR-10 ResNet-20 training throughput by data path, in one process (issue 20).
+
+    python scripts/bench_data.py [--root DIR] [--blocks 5] [--steps 40] [--warmup 5]
+                                 [--batch 128] [--out scripts/results]
+
+DIR defaults to $SPARSENET_DATA/cifar10-jpeg (else ../shared/data/cifar10-jpeg): the JPEG
+ImageFolder copy. Variants, each with its own ResNet-20 (same initial weights) and SGD
+(momentum 0.9), batch 128, one training step = next batch, forward, cross-entropy, backward,
+step:
+  bare       a bare loop over in-memory normalised float32 tensors: batch k is the view
+             x[k*b:(k+1)*b] (no shuffling, no augmentation, no copy)
+  cached     dataset.cache=true, what a run uses: the float32 splits from the tensor cache,
+             TensorBatchLoader (shuffled by indexing) and RandomCropFlip on each batch
+  cached_u8  the alternative storage: uint8 in memory, the batch augmented as uint8 (fill 0)
+             and normalised to float32 afterwards
+  pil        dataset.cache=false, the path before issue 20: ImageFolder, per-sample PIL
+             RandomCrop + flip + ToTensor + Normalize in 2 DataLoader workers
+Blocks: each block runs `warmup` untimed steps (they also drain the batches the DataLoader's
+workers prefetched while the other variants ran) then `steps` timed steps of every variant;
+the order rotates from block to block. Reported: samples/s, median and range over blocks, and
+the median over blocks of the ratio to the bare loop of the same block (timings on this
+shared 2-core machine vary by 10-30% from minute to minute; the ratio within a block is the
+steadier figure). Target: cached >= 0.90x bare.
+
+Also `batch`: milliseconds to produce one augmented batch of 128 (index + crop/flip, plus the
+normalisation for uint8), float32 vs uint8 storage, and that both give the same tensor.
+Writes <out>/bench_data.json and <out>/bench_data.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from sparsenet.data import _tensor_cache as tensor_cache
+from sparsenet.data import build_datasets
+from sparsenet.data._augment import RandomCropFlip
+from sparsenet.data.cifar10 import normalise
+from sparsenet.data.loaders import make_loader
+from sparsenet.models import get_model
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SPARSENET_DATA") or REPO.parent / "shared" / "data")
+VARIANTS = ("bare", "cached", "cached_u8", "pil")
+
+
+def _forever(loader):
+    """Batches of successive epochs."""
+    while True:
+        yield from loader
+
+
+def _bare_batches(x: torch.Tensor, y: torch.Tensor, batch: int):
+    for k in itertools.cycle(range(len(x) // batch)):
+        yield x[k * batch : (k + 1) * batch], y[k * batch : (k + 1) * batch]
+
+
+def _steps(model, optimizer, batches, n: int) -> None:
+    for _ in range(n):
+        x, y = next(batches)
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+def bench_batch(cached, images_u8: torch.Tensor, batch: int, reps: int = 200) -> dict:
+    """ms to produce one augmented batch from float32 vs uint8 storage (same draws)."""
+    augment = cached.train_augment
+    augment_u8 = RandomCropFlip(augment.padding, 0)  # black before normalisation
+    x = cached.train.tensors[0]
+
+    def from_float(index, generator):
+        return augment(x[index], generator)
+
+    def from_uint8(index, generator):
+        return normalise(augment_u8(images_u8[index], generator))
+
+    index = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:batch]
+    a = from_float(index, torch.Generator().manual_seed(1))
+    b = from_uint8(index, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b), "uint8 and float32 storage must give the same batch"
+    row = {"batch": batch, "same_tensor": True}
+    for name, make in (("float32", from_float), ("uint8", from_uint8)):
+        times = []
+        generator = torch.Generator().manual_seed(2)
+        for _ in range(reps):
+            start = time.perf_counter()
+            make(index, generator)
+            times.append(time.perf_counter() - start)
+        row[f"{name}_ms"] = round(1e3 * statistics.median(times), 3)
+    print(row, flush=True)
+    return row
+
+
+def bench_train(root: Path, blocks: int, steps: int, warmup: int, batch: int) -> tuple[list, dict]:
+    start = time.perf_counter()
+    cached = build_datasets("cifar10", root=str(root), format="imagefolder", cache=True)
+    build_s = time.perf_counter() - start
+    pil = build_datasets("cifar10", root=str(root), format="imagefolder", cache=False)
+    x, y = cached.train.tensors
+    # The uint8 pixels: the cache file the build just read (first folder holding it).
+    name = "cifar10-imagefolder-train.pt"
+    path = next(f / name for f in tensor_cache.folders(root, None) if (f / name).is_file())
+    images_u8 = torch.load(path, weights_only=True)["images"]
+    assert torch.equal(normalise(images_u8[:1000]), x[:1000])
+    batch_row = bench_batch(cached, images_u8, batch)
+
+    augment_u8 = RandomCropFlip(cached.train_augment.padding, 0)
+    loaders = {
+        "bare": _bare_batches(x, y, batch),
+        "cached": _forever(
+            make_loader(cached.train, batch, shuffle=True, seed=0, augment=cached.train_augment)
+        ),
+        "cached_u8": _forever(
+            make_loader(
+                TensorDataset(images_u8, y),
+                batch,
+                shuffle=True,
+                seed=0,
+                augment=lambda images, g: normalise(augment_u8(images, g)),
+            )
+        ),
+        "pil": _forever(make_loader(pil.train, batch, shuffle=True, seed=0, num_workers=2)),
+    }
+    torch.manual_seed(0)
+    model = get_model("resnet20", num_classes=10, input_shape=(3, 32, 32))
+    runs = {}
+    for name in VARIANTS:
+        copy_ = copy.deepcopy(model).train()
+        runs[name] = (copy_, torch.optim.SGD(copy_.parameters(), lr=0.01, momentum=0.9))
+    seconds = {name: [] for name in VARIANTS}
+    for block in range(blocks):
+        shift = block % len(VARIANTS)
+        for name in VARIANTS[shift:] + VARIANTS[:shift]:
+            net, optimizer = runs[name]
+            _steps(net, optimizer, loaders[name], warmup)
+            start = time.perf_counter()
+            _steps(net, optimizer, loaders[name], steps)
+            seconds[name].append(time.perf_counter() - start)
+        print({k: round(v[-1], 2) for k, v in seconds.items()}, flush=True)
+    rows = []
+    for name in VARIANTS:
+        rates = [steps * batch / s for s in seconds[name]]
+        ratios = [b / s for b, s in zip(seconds["bare"], seconds[name], strict=True)]
+        rows.append(
+            {
+                "variant": name,
+                "samples_per_s": round(statistics.median(rates), 1),
+                "min": round(min(rates), 1),
+                "max": round(max(rates), 1),
+                "ratio_to_bare": round(statistics.median(ratios), 3),
+                "ratio_min": round(min(ratios), 3),
+                "ratio_max": round(max(ratios), 3),
+                "target": 0.90 if name == "cached" else None,
+            }
+        )
+        print(rows[-1], flush=True)
+    extra = {"cache_load_s": round(build_s, 2), "train_samples": len(x), "batch_cost": batch_row}
+    return rows, extra
+
+
+def _markdown(meta: dict, rows: list[dict], extra: dict) -> str:
+    lines = [
+        "# Data path benchmark (CIFAR-10 JPEG copy, ResNet-20)",
+        "",
+        f"{meta['machine']}, torch {meta['torch']}, {meta['threads']} threads; "
+        f"{meta['blocks']} blocks x {meta['steps']} timed steps (+{meta['warmup']} warm-up) "
+        f"per variant, batch {meta['batch']}, {meta['seconds']} s in all; load average "
+        f"{meta['load_average'][0]} at the start, {meta['load_average'][1]} at the end.",
+        "",
+        f"    {meta['command']}",
+        "",
+        "## Training samples/s",
+        "",
+        "| variant | samples/s (median) | min | max | ratio to bare (median) | ratio range | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        target = "" if r["target"] is None else f">= {r['target']}"
+        lines.append(
+            f"| {r['variant']} | {r['samples_per_s']} | {r['min']} | {r['max']} | "
+            f"{r['ratio_to_bare']} | {r['ratio_min']}-{r['ratio_max']} | {target} |"
+        )
+    b = extra["batch_cost"]
+    lines += [
+        "",
+        "## One augmented batch (index + crop/flip [+ normalise]), ms, median of 200",
+        "",
+        "| batch | float32 storage | uint8 storage | same tensor |",
+        "|---|---|---|---|",
+        f"| {b['batch']} | {b['float32_ms']} | {b['uint8_ms']} | {b['same_tensor']} |",
+        "",
+        f"Loading both splits from a warm cache (fingerprint, load, checksum, normalise): "
+        f"{extra['cache_load_s']} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", type=Path, default=DATA / "cifar10-jpeg")
+    parser.add_argument("--blocks", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=REPO / "scripts" / "results")
+    args = parser.parse_args()
+    if not args.root.is_dir():
+        sys.exit(f"no CIFAR-10 ImageFolder tree at {args.root}; pass --root")
+    start, load_before = time.perf_counter(), os.getloadavg()[0]
+    rows, extra = bench_train(args.root, args.blocks, args.steps, args.warmup, args.batch)
+    meta = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "blocks": args.blocks,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "batch": args.batch,
+        "seconds": round(time.perf_counter() - start),
+        # Other work on the machine (1-minute load average; 2 = both cores busy).
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "command": "python scripts/bench_data.py " + shlex.join(sys.argv[1:]),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"meta": meta, "train": rows, **extra}
+    (args.out / "bench_data.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "bench_data.md").write_text(_markdown(meta, rows, extra))
+    print(f"wrote {args.out / 'bench_data.md'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
