@@ -301,7 +301,7 @@ def test_a_corrupt_cache_that_cannot_be_rebuilt_is_a_clear_error(tree: Path, tmp
     path.write_bytes(path.read_bytes()[:1000])
     cache_dir.chmod(0o555)  # read-only by its mode bits, which count even for root
     try:
-        with pytest.warns(UserWarning), pytest.raises(DataCorruptError) as info:
+        with pytest.raises(DataCorruptError) as info:
             _build(tree, augment=False, cache_dir=str(cache_dir))
     finally:
         cache_dir.chmod(0o755)
@@ -339,6 +339,26 @@ def test_a_read_only_data_folder_uses_the_user_cache(
     finally:
         tree.chmod(0o755)
     assert decodes.calls == 2  # the second build read the user cache
+
+
+def test_a_corrupt_cache_in_a_read_only_folder_is_bypassed_with_a_warning(
+    tree: Path, tmp_path: Path, monkeypatch, decodes: _Counter
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    _build(tree, augment=False)
+    path = _cache_file(tree)
+    path.write_bytes(b"not a zip file")
+    path.parent.chmod(0o555)
+    try:
+        with pytest.warns(UserWarning, match=rf"ignoring the cache file {path} .*rebuilding"):
+            _build(tree, augment=False)
+        fallback = folders(tree, None)[1] / path.name
+        assert fallback.is_file() and decodes.calls == 3
+        with pytest.warns(UserWarning, match=rf"ignoring .*{path} .*using {fallback}; delete"):
+            _build(tree, augment=False)
+    finally:
+        path.parent.chmod(0o755)
+    assert decodes.calls == 3
 
 
 def test_an_image_that_does_not_decode_stops_the_build_and_is_named(tree: Path):

@@ -26,7 +26,9 @@ that keeps a file's size and modification time (a tool that restores mtime, or a
 the file system's timestamp resolution that keeps the size); delete the cache file then.
 Copying the data without preserving times (plain `cp -r`) changes every mtime and so costs one
 rebuild. The fingerprint is taken before decoding, so a file changed during the decoding makes
-the cache stale at the next run rather than silently wrong.
+the cache stale at the next run rather than silently wrong. Files fingerprinted: an
+ImageFolder split's images (paths relative to the root); the python batches of a split plus
+batches.meta.
 
 Location (`folders`): with `dataset.cache_dir` set, that folder only. Otherwise
 `<root>/.sparsenet-cache/`, next to the data, or, when that cannot be written (a read-only data
@@ -40,7 +42,8 @@ this source (dataset, format, split, fingerprint, classes, count) and whose chec
 used. Rebuild rule: a file of another source state (stale) or one that does not load, is
 truncated or fails its checksum (corrupt; a warning names it) is rebuilt from the source:
 decoded again (with a progress bar) and written to the first writable folder, replacing it
-there. Writes are atomic (a temporary file in the same folder, flushed, then `os.replace`):
+there (a corrupt file in a folder that cannot be written stays, and earns a warning each run
+until deleted). Writes are atomic (a temporary file in the same folder, flushed, then `os.replace`):
 a run killed mid-write, or two runs writing at once, leave the old file or a complete new one.
 When no folder can be written, the build stops before decoding with an error naming the
 folders, the corrupt file if there is one, and the fix (dataset.cache_dir, or deleting it).
@@ -48,7 +51,9 @@ folders, the corrupt file if there is one, and the fix (dataset.cache_dir, or de
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import re
 import warnings
@@ -66,6 +71,7 @@ from sparsenet.runtime import atomic_torch_save
 FORMAT_TAG = "sparsenet-image-cache"
 VERSION = 1
 LOCAL_FOLDER = ".sparsenet-cache"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -209,14 +215,17 @@ def load_or_build(
             continue
         data, why = read(path, source)
         if data is not None:
+            for bad, reason in corrupt:  # in a folder that could not take the rebuilt file
+                warnings.warn(
+                    f"{source.dataset}: ignoring the cache file {bad} ({reason}); using {path}; "
+                    f"delete {bad}",
+                    stacklevel=3,
+                )
             return data
         if why.startswith("corrupt"):
             corrupt.append((path, why))
-            warnings.warn(
-                f"{source.dataset}: ignoring the cache file {path} ({why}); it is rebuilt from "
-                f"{source.root}",
-                stacklevel=3,
-            )
+        else:
+            log.info("%s: %s is %s; rebuilding it", source.dataset, path, why)
     refused = []
     for folder in candidates:
         problem = _writable(folder)
@@ -238,6 +247,12 @@ def load_or_build(
         raise ConfigError(
             f"{source.dataset}: nowhere to write the decoded {source.split} split: "
             f"{'; '.join(refused)}; {fix}"
+        )
+    for bad, reason in corrupt:
+        warnings.warn(
+            f"{source.dataset}: ignoring the cache file {bad} ({reason}); rebuilding it from "
+            f"{source.root} into {target}",
+            stacklevel=3,
         )
     images, labels = decode()
     count = len(images) if source.count is None else source.count
@@ -263,11 +278,14 @@ def load_or_build(
     }
     try:
         atomic_torch_save(payload, target)
-        # mkstemp makes the file private (0600); a cache next to shared data is for everyone
-        # who may read the data, so give it the permissions a plain new file would get.
-        umask = os.umask(0)
-        os.umask(umask)
-        target.chmod(0o666 & ~umask)
     except OutputError as error:  # e.g. the disk filled up: the run goes on, uncached
         warnings.warn(f"{source.dataset}: {error}; the next run decodes again", stacklevel=3)
+        return images, labels
+    # mkstemp makes the file private (0600); a cache next to shared data is for everyone who
+    # may read the data, so give it the permissions a plain new file would get.
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):
+        target.chmod(0o666 & ~umask)
+    log.info("%s: wrote %s", source.dataset, target)
     return images, labels
