@@ -8,7 +8,7 @@ import time
 import torch
 from torch import nn
 
-LAYER_TYPES = (nn.Conv2d, nn.Linear)
+from sparsenet.pruning.groups import LAYER_TYPES
 
 
 def count_params(model: nn.Module) -> int:

@@ -2,29 +2,30 @@
 (threshold, relative, ratio), fold their contribution into the consumers and remove them
 physically with torch-pruning's dependency graph.
 
+- `groups.py`: what a unit group is and its norms (`unit_groups`, `LAYER_TYPES`), the one
+  definition shared with the `coupled` regularizers.
 - `criteria.py`: `PruneSettings` (the `prune` config group) and the selection rules.
-- `remove.py`: groups, norms, folding and removal (`prune_units`, `prune_dead_units`).
+- `remove.py`: folding and removal (`prune_units`, `prune_dead_units`, `unit_norms`).
 - `folded.py`: `FoldedConv2d`, the exact border fold for zero-padded convs.
 """
 
 from sparsenet.pruning.criteria import PruneSettings, select_units
 from sparsenet.pruning.folded import FoldedConv2d, customized_pruners
-from sparsenet.pruning.remove import (
-    PruneResult,
-    build_graph,
-    prune_dead_units,
-    prune_units,
-    unit_norms,
-)
+from sparsenet.pruning.groups import LAYER_TYPES, UnitGroup, UnitGroups, build_graph, unit_groups
+from sparsenet.pruning.remove import PruneResult, prune_dead_units, prune_units, unit_norms
 
 __all__ = [
+    "LAYER_TYPES",
     "FoldedConv2d",
     "PruneResult",
     "PruneSettings",
+    "UnitGroup",
+    "UnitGroups",
     "build_graph",
     "customized_pruners",
     "prune_dead_units",
     "prune_units",
     "select_units",
+    "unit_groups",
     "unit_norms",
 ]

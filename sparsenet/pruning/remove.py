@@ -1,18 +1,10 @@
 """Physical removal of units, with their contribution folded into the consumers.
 
-A *unit* is one out-channel (Conv2d) or out-feature (Linear) of a hidden layer, together with
-everything torch-pruning's DependencyGraph couples to it: BatchNorm entries, the consumers'
-input columns (through Flatten, pooling, residual adds, ...) and coupled producers (every
-conv writing into the same residual stream: a stage's channels go together or not at all).
-The network's output layer is never pruned.
-
-Per unit u, over the full coupled group:
-    in_norm(u)  = sqrt(sum over producers p of ||W_p[u, ...]||^2 + ||K_p[u]||^2)  (incoming)
-    out_norm(u) = sqrt(sum over consumers q of ||W_q[:, idx(u), ...]||^2) (outgoing weights)
-    score(u)    = min(in_norm, out_norm)
-(K_p: the fold kernel of a producer that is already a FoldedConv2d, else 0: its border term
-makes the unit's output vary over positions, so the unit is not dead while K_p[u] != 0.)
-which units go is decided by `criteria.select_units` (threshold, relative or ratio).
+The units and their score min(in_norm, out_norm) are the unit groups of `groups.py` (the one
+definition, shared with the `coupled` regularizers): a hidden Conv2d/Linear out-channel with
+its BatchNorm entries, its consumers' input columns and its coupled producers; the network's
+output layer is never pruned. Which units go is decided by `criteria.select_units`
+(threshold, relative or ratio).
 
 Folding (why the function does not change): a unit whose incoming weights are zero emits a
 constant, act(bias) or act(BatchNorm shift), in eval mode. Each consumer q receives the
@@ -34,119 +26,30 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-import torch_pruning as tp
 from torch import nn
 
-from sparsenet.measure import layer_macs
-from sparsenet.pruning.criteria import LayerCost, PruneSettings, UnitGroup, select_units
-from sparsenet.pruning.folded import FoldedConv2d, customized_pruners, needs_border_correction
+# A module import, not `from sparsenet.measure import ...`: measure takes LAYER_TYPES from this
+# package, so this module may load while measure is still being initialized.
+from sparsenet import measure
+from sparsenet.pruning import criteria
+from sparsenet.pruning.criteria import LayerCost, PruneSettings, select_units
+from sparsenet.pruning.folded import FoldedConv2d, needs_border_correction
+from sparsenet.pruning.groups import LAYER_TYPES, UnitNorms, unit_groups
 
-PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 CALIBRATION_CHUNK = 64  # samples per forward pass when measuring mean activations
 
 
-def output_layers(model: nn.Module) -> list[nn.Module]:
-    """The Conv/Linear layer whose output is the network output (never pruned)."""
-    layers = [m for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
-    return layers[-1:]
-
-
-def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
-    """torch-pruning's DependencyGraph of `model`, FoldedConv2d registered. Leaves the model
-    in eval mode (tracing does)."""
-    with torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(
-            model,
-            example_inputs=example,
-            verbose=False,
-            customized_pruners=customized_pruners(),
-        )
-
-
-def unit_groups(graph: tp.DependencyGraph, model: nn.Module) -> list:
-    """Every full-index coupled group rooted at a hidden Conv2d/Linear layer."""
-    return list(
-        graph.get_all_groups(ignored_layers=output_layers(model), root_module_types=PRUNABLE_TYPES)
-    )
-
-
-def _weight_dep_kind(graph: tp.DependencyGraph, dep) -> str | None:
-    """'out' if `dep` prunes a Conv/Linear weight's rows, 'in' for its columns, else None."""
-    if not isinstance(dep.target.module, PRUNABLE_TYPES):
-        return None
-    if graph.is_out_channel_pruning_fn(dep.handler):
-        return "out"
-    if graph.is_in_channel_pruning_fn(dep.handler):
-        return "in"
-    return None
-
-
-def _slice_norms_sq(module: nn.Module, kind: str, cache: dict) -> torch.Tensor:
-    """||W[u, ...]||^2 per row ('out') or ||W[:, u, ...]||^2 per column ('in'), once per
-    module and kind (a fold kernel row counts as incoming weight, see the module docstring)."""
-    key = (module, kind)
-    if key not in cache:
-        w = module.weight.detach().float()
-        if kind == "in":
-            w = w.transpose(0, 1)
-        per_index = w.reshape(w.shape[0], -1).pow(2).sum(1)
-        if kind == "out" and isinstance(module, FoldedConv2d):
-            # The border term is input-independent but not constant over positions: a unit
-            # with a non-zero fold-kernel row is not dead even when its weights are zero.
-            k = module.fold_kernel.detach().float()
-            per_index = per_index + k.reshape(k.shape[0], -1).pow(2).sum(1)
-        cache[key] = per_index.cpu()
-    return cache[key]
-
-
-def _group_unit_norms(graph, group, cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(in_norm, out_norm) per root index of a full-index group."""
-    cache = {} if cache is None else cache
-    n = graph.get_out_channels(group[0].dep.target.module)
-    sq = {"out": torch.zeros(n), "in": torch.zeros(n)}
-    for item in group.items:
-        kind = _weight_dep_kind(graph, item.dep)
-        if kind is None:
-            continue
-        per_index = _slice_norms_sq(item.dep.target.module, kind, cache)
-        idxs = torch.as_tensor(item.idxs, dtype=torch.long)
-        roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
-        sq[kind].index_add_(0, roots, per_index[idxs])
-    return sq["out"].sqrt(), sq["in"].sqrt()
-
-
-def _describe_group(graph, group, names, cache: dict) -> UnitGroup:
-    in_norm, out_norm = _group_unit_norms(graph, group, cache)
-    n = in_norm.numel()
-    slices = []
-    for item in group.items:
-        kind = _weight_dep_kind(graph, item.dep)
-        if kind is not None:
-            roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
-            slices.append((names[item.dep.target.module], kind, torch.bincount(roots, minlength=n)))
-    root = names[group[0].dep.target.module]
-    return UnitGroup(root, torch.minimum(in_norm, out_norm), slices)
-
-
-def unit_norms(
-    model: nn.Module, example: torch.Tensor
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{root layer name: (in_norm, out_norm)} for every prunable unit group."""
-    was_training = model.training
-    graph = build_graph(model, example)
-    names = {m: n for n, m in model.named_modules()}
-    result, cache = {}, {}
-    for group in unit_groups(graph, model):
-        result[names[group[0].dep.target.module]] = _group_unit_norms(graph, group, cache)
-    model.train(was_training)
-    return result
+def unit_norms(model: nn.Module, example: torch.Tensor) -> dict[str, UnitNorms]:
+    """{root layer name: (in_norm, out_norm)} for every unit group (see `groups.py`)."""
+    groups = unit_groups(model, example)
+    return {g.name: norms for g, norms in zip(groups, groups.unit_norms(), strict=True)}
 
 
 def _layer_costs(model: nn.Module, example: torch.Tensor) -> dict[str, LayerCost]:
-    macs = layer_macs(model, tuple(example.shape[1:]))
+    macs = measure.layer_macs(model, tuple(example.shape[1:]))
     costs = {}
     for name, module in model.named_modules():
-        if isinstance(module, PRUNABLE_TYPES) and macs.get(name):
+        if isinstance(module, LAYER_TYPES) and macs.get(name):
             n_out, n_in = module.weight.shape[0], module.weight.shape[1]
             if isinstance(module, nn.Conv2d):
                 n_in *= module.groups
@@ -246,13 +149,14 @@ def prune_units(
     settings = settings or PruneSettings()
     was_training = model.training
     calibration = example if calibration is None else calibration
-    with torch.enable_grad():
-        graph = build_graph(model, example)
+    groups = unit_groups(model, example)
+    model.eval()
     names = {m: n for n, m in model.named_modules()}
-    groups = unit_groups(graph, model)
-    cache: dict = {}
-    described = [_describe_group(graph, g, names, cache) for g in groups]
-    selection = select_units(described, settings, _layer_costs(model, example))
+    scored = [
+        criteria.UnitGroup(g.name, norms.score, g.counts())
+        for g, norms in zip(groups, groups.unit_norms(), strict=True)
+    ]
+    selection = select_units(scored, settings, _layer_costs(model, example))
     result = PruneResult(
         units_total=selection.units_total,
         units_removed=selection.units_removed,
@@ -262,27 +166,21 @@ def prune_units(
     )
 
     plans = [
-        (group[0].dep.target.module, group[0].dep.handler, sorted(dead.tolist()))
+        (group, sorted(dead.tolist()))
         for group, dead in zip(groups, selection.removed, strict=True)
         if dead.numel()
     ]
-    consumers = {
-        item.dep.target.module
-        for group, dead in zip(groups, selection.removed, strict=True)
-        if dead.numel()
-        for item in group.items
-        if _weight_dep_kind(graph, item.dep) == "in"
-    }
+    consumers = {s.module for group, _ in plans for s in group.slices if s.kind == "in"}
     means, sizes = _mean_inputs(model, consumers, calibration)
     # Original input index of each current input of a consumer, and pending border kernels
     # (in the conv's current out-channel numbering) of convs that are not FoldedConv2d yet.
     original_in = {q: torch.arange(means[q].numel()) for q in consumers}
     pending: dict[nn.Module, torch.Tensor] = {}
 
-    for root, handler, dead in plans:
-        group = graph.get_pruning_group(root, handler, dead)
-        for item in group.items:
-            module, kind = item.dep.target.module, _weight_dep_kind(graph, item.dep)
+    for unit_group, dead in plans:
+        tp_group = groups.pruning_group(unit_group, dead)
+        for item in tp_group.items:
+            module, kind = item.dep.target.module, groups.kind(item.dep)
             idxs = torch.as_tensor(item.idxs, dtype=torch.long)
             if kind == "out" and module in pending:
                 keep = torch.ones(pending[module].shape[0], dtype=torch.bool)
@@ -307,14 +205,14 @@ def prune_units(
                 module.fold_kernel.add_(kernel.to(module.fold_kernel))
             else:
                 pending[module] = pending.get(module, 0) + kernel
-        group.prune()
-        for item in group.items:
+        tp_group.prune()
+        for item in tp_group.items:
             module = item.dep.target.module
-            if _weight_dep_kind(graph, item.dep) == "in" and module in original_in:
+            if groups.kind(item.dep) == "in" and module in original_in:
                 keep = torch.ones(original_in[module].numel(), dtype=torch.bool)
                 keep[torch.as_tensor(item.idxs, dtype=torch.long)] = False
                 original_in[module] = original_in[module][keep]
-        result.removed[names[root]] = dead
+        result.removed[unit_group.name] = dead
 
     for module, kernel in pending.items():
         _set_module(model, names[module], FoldedConv2d.from_conv(module, kernel))
