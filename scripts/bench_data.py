@@ -1,6 +1,6 @@
 """CIFAR-10 ResNet-20 training throughput by data path, in one process (issue 20).
 
-    python scripts/bench_data.py [--root DIR] [--blocks 5] [--steps 40] [--warmup 5]
+    python scripts/bench_data.py [--root DIR] [--blocks 8] [--steps 25] [--warmup 4]
                                  [--batch 128] [--out scripts/results]
 
 DIR defaults to $SPARSENET_DATA/cifar10-jpeg (else ../shared/data/cifar10-jpeg): the JPEG
@@ -93,14 +93,16 @@ def bench_batch(cached, images_u8: torch.Tensor, batch: int, reps: int = 200) ->
     b = from_uint8(index, torch.Generator().manual_seed(1))
     assert torch.equal(a, b), "uint8 and float32 storage must give the same batch"
     row = {"batch": batch, "same_tensor": True}
-    for name, make in (("float32", from_float), ("uint8", from_uint8)):
-        times = []
-        generator = torch.Generator().manual_seed(2)
-        for _ in range(reps):
+    makers = {"float32": from_float, "uint8": from_uint8}
+    times = {name: [] for name in makers}
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(reps):  # alternating, so both see the same machine load
+        for name, make in makers.items():
             start = time.perf_counter()
             make(index, generator)
-            times.append(time.perf_counter() - start)
-        row[f"{name}_ms"] = round(1e3 * statistics.median(times), 3)
+            times[name].append(time.perf_counter() - start)
+    for name in makers:
+        row[f"{name}_ms"] = round(1e3 * statistics.median(times[name]), 3)
     print(row, flush=True)
     return row
 
@@ -213,9 +215,9 @@ def _markdown(meta: dict, rows: list[dict], extra: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=DATA / "cifar10-jpeg")
-    parser.add_argument("--blocks", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--out", type=Path, default=REPO / "scripts" / "results")
     args = parser.parse_args()
