@@ -38,7 +38,7 @@ class Registry:
             return
         self._imported = True
         package = importlib.import_module(self._package)
-        for info in pkgutil.iter_modules(package.__path__):
+        for info in pkgutil.iter_modules(getattr(package, "__path__", [])):  # a module: itself
             if not info.name.startswith("_"):
                 importlib.import_module(f"{self._package}.{info.name}")
 

@@ -12,6 +12,7 @@ files and log (the others get hydra.output_subdir=null and stdout logging)."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import sys
@@ -23,7 +24,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import (
     ConfigCompositionException,
-    InstantiationException,
     MissingConfigException,
     OverrideParseException,
 )
@@ -31,6 +31,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from sparsenet.config.schema import composition_error
 from sparsenet.errors import UserInputError
 from sparsenet.launchers import launcher_error_message
 from sparsenet.pipeline.distributed import launcher_rank
@@ -60,15 +61,11 @@ def user_error_message(error: BaseException) -> str | None:
     """The line to print for an error that is the user's to fix (a bad value, a typo'd key or
     choice, data or an output folder that is not usable); None for anything else, a bug,
     whose traceback is then shown."""
-    from sparsenet.pipeline.validate import instantiation_error, omegaconf_message
-
     if isinstance(error, UserInputError):
         return str(error)
     refused = launcher_error_message(error)
     if refused is not None:
         return refused
-    if isinstance(error, InstantiationException):
-        return str(instantiation_error(error, "config"))
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
         group, _, choice = str(error.missing_cfg_file).rpartition("/")
         return f"{group}={choice} is not a choice of {group}; allowed: {', '.join(error.options)}"
@@ -78,12 +75,17 @@ def user_error_message(error: BaseException) -> str | None:
         cause = error.__cause__
         key = getattr(cause, "full_key", None)
         if isinstance(cause, ConfigKeyError | ConfigAttributeError) and key:
+            typed = _schema_fields(cause)
+            if typed:  # a typed group (schema.py): its keys are all there is
+                return f"{key} is not a config key{_did_you_mean(cause)}; allowed: {typed}"
             return (
                 f"{key} is not a config key{_did_you_mean(cause)}; to add a new key use +{key}=..."
             )
+        if isinstance(cause, OmegaConfBaseException):
+            return str(composition_error(cause))
         return _one_line(str(error))
     if isinstance(error, OmegaConfBaseException):
-        return omegaconf_message(error)
+        return str(composition_error(error))
     if isinstance(error, OSError) and error.filename:  # Hydra creating the run folder, say
         return f"{error.filename}: {error.strerror or error}"
     return None
@@ -92,6 +94,14 @@ def user_error_message(error: BaseException) -> str | None:
 def _one_line(text: str) -> str:
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     return "; ".join(line for line in lines if not line.startswith("See https://"))
+
+
+def _schema_fields(cause: OmegaConfBaseException) -> str:
+    """The keys of the typed group the error is about ('' when it is not a typed one)."""
+    owner = getattr(getattr(cause.parent_node, "_metadata", None), "object_type", None)
+    if owner is None or not dataclasses.is_dataclass(owner):
+        return ""
+    return ", ".join(sorted(f.name for f in dataclasses.fields(owner)))
 
 
 def _did_you_mean(cause: OmegaConfBaseException) -> str:

@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,3 +48,29 @@ def real_data_root() -> Path:
     if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
         pytest.skip(f"no MNIST copy in {root}")
     return root
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The config `sparsenet OVERRIDES` would run, composed in-process (resolvers registered)."""
+    from sparsenet.pipeline.resume import register_resolvers
+
+    register_resolvers()
+    with initialize_config_module(config_module="sparsenet.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def compose_cfg():
+    """compose_cfg(*overrides): the composed config (see compose_config)."""
+    return compose_config
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors: one intra-op thread is as fast, and it does not stall (OpenMP barriers)
+    when other processes share the CPU. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from torch import nn
 
 from sparsenet.checkpoint import (
@@ -23,18 +22,10 @@ from sparsenet.checkpoint import (
 from sparsenet.errors import CheckpointError
 from sparsenet.models import get_model, list_models
 from sparsenet.pipeline import run_experiment
-from sparsenet.pipeline.resume import config_hash, register_resolvers
+from sparsenet.pipeline.resume import config_hash
 from sparsenet.pruning import FoldedConv2d, PruneSettings, prune_units
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small tensors: one intra-op thread is as fast, and it does not stall (OpenMP barriers)
-    when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _input_shape(name: str) -> tuple[int, int, int]:
@@ -104,12 +95,6 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
-def _smoke_config():
-    register_resolvers()
-    with initialize_config_module(config_module="sparsenet.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=["experiment=smoke"])
-
-
 def test_a_saved_model_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "code-ran"
     model, kwargs, _ = _pruned("lenet5")
@@ -125,9 +110,11 @@ def test_a_saved_model_that_would_run_code_is_refused(tmp_path):
     assert marker.exists()
 
 
-def test_a_run_checkpoint_that_would_run_code_is_refused_on_resume(tmp_path, sparsenet_cli):
+def test_a_run_checkpoint_that_would_run_code_is_refused_on_resume(
+    tmp_path, sparsenet_cli, compose_cfg
+):
     marker = tmp_path / "code-ran"
-    cfg = _smoke_config()
+    cfg = compose_cfg("experiment=smoke")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     checkpoint = run_dir / "checkpoint.pt"

@@ -52,6 +52,15 @@ def test_single_run_writes_metrics_and_a_loadable_pruned_model(sparsenet_cli, tm
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
     assert (run_dir / "history.csv").read_text().startswith("stage,epoch")
 
+    # The run's own log file records what happened: epochs, what the prune stage removed per
+    # layer (fc1 lost 500 - kept[2] units), and, on the same command again, the resume decision.
+    log = (run_dir / "cli.log").read_text()
+    assert "[train] epoch 2/2" in log and "[finetune] epoch 1/1" in log
+    assert f"prune: fc1 loses {500 - kept[2]} units" in log
+    again = sparsenet_cli(*proc.args[3:], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already completed with this config" in (run_dir / "cli.log").read_text()
+
 
 def test_multirun_sweeps_the_strength(sparsenet_cli, tmp_path):
     sweep_dir = tmp_path / "sweep"

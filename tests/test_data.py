@@ -135,16 +135,18 @@ def test_failed_download_becomes_the_same_error(tmp_path: Path, monkeypatch):
 
 
 def test_bad_options_name_the_key_and_what_is_allowed(mnist_root: Path):
+    """A builder names its own option; the config layer puts it under `dataset.`."""
     root = str(mnist_root)
-    with pytest.raises(ValueError, match=r"dataset.format='imagefolder' .*allowed: torchvision$"):
+    with pytest.raises(ValueError, match=r"^format='imagefolder' .*allowed: torchvision$") as info:
         build_datasets("mnist", root=root, format="imagefolder")
+    assert str(info.value.at("dataset")).startswith("dataset.format='imagefolder' is not")
     with pytest.raises(ValueError, match="allowed: torchvision, imagefolder"):
         build_datasets("cifar10", root=root, format="jpeg")
-    with pytest.raises(ValueError, match=r"dataset.train_subset=0 .*1\.\.12"):
+    with pytest.raises(ValueError, match=r"^train_subset=0 .*1\.\.12"):
         build_datasets("mnist", root=root, download=False, train_subset=0)
-    with pytest.raises(ValueError, match=r"dataset.train_subset=13 .*1\.\.12"):
+    with pytest.raises(ValueError, match=r"^train_subset=13 .*1\.\.12"):
         build_datasets("mnist", root=root, download=False, train_subset=13)
-    with pytest.raises(ValueError, match=r"dataset.test_subset=6 .*1\.\.5"):
+    with pytest.raises(ValueError, match=r"^test_subset=6 .*1\.\.5"):
         build_datasets("mnist", root=root, download=False, test_subset=6)
 
 

@@ -6,7 +6,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from sparsenet.data.loaders import make_loader
-from sparsenet.pipeline.engine import StepSettings, evaluate, make_schedule, train_epoch
+from sparsenet.pipeline.engine import StepSettings, evaluate, train_epoch
+from sparsenet.pipeline.schedules import Cosine, MultiStep, make_schedule
 
 
 def _separable(n: int = 512):
@@ -40,7 +41,7 @@ def test_training_learns_a_linear_rule(settings):
 
 def test_schedules_by_hand():
     opt = torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1.0)
-    cosine = make_schedule(opt, "cosine", 4)
+    cosine = make_schedule(opt, Cosine(), 4)
     lrs = []
     for _ in range(4):
         lrs.append(opt.param_groups[0]["lr"])
@@ -50,7 +51,7 @@ def test_schedules_by_hand():
     assert lrs == pytest.approx([1.0, 0.853553, 0.5, 0.146447], abs=1e-6)
 
     opt = torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1.0)
-    multistep = make_schedule(opt, "multistep", 8, milestones=[0.5, 0.75], gamma=0.1)
+    multistep = make_schedule(opt, MultiStep(milestones=[0.5, 0.75], gamma=0.1), 8)
     lrs = []
     for _ in range(8):
         lrs.append(opt.param_groups[0]["lr"])

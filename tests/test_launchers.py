@@ -3,6 +3,7 @@ submitit's local executor (the cluster path on this machine) and the Slurm confi
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def _slurm_stand_ins(bin_dir: Path, sbatch_body: str) -> None:
 
 
 def _path_without_slurm(bin_dir: Path | None = None) -> str:
-    """PATH without any folder that holds a real SLURM tool (bin_dir first, when given)."""
+    """PATH without any folder that holds a real SLURM tool (bin_dir first, when given), so
+    the tests behave the same on a machine with SLURM installed (CI's, after slurm_up.sh)."""
     keep = [d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "srun").exists()]
     keep = [d for d in keep if not (Path(d) / "sbatch").exists()]
     return os.pathsep.join(([str(bin_dir)] if bin_dir else []) + keep)
@@ -75,9 +77,10 @@ def test_slurm_launcher_writes_the_sbatch_script(sparsenet_cli, tmp_path):
     assert len(before) == 2
 
     bin_dir = tmp_path / "bin"
+    # cp by its full path: PATH may lose /usr/bin, where a machine may have SLURM's tools
     _slurm_stand_ins(
         bin_dir,
-        'cp "$1" "$SBATCH_CAPTURE"\n'
+        f'{shutil.which("cp")} "$1" "$SBATCH_CAPTURE"\n'
         'echo "sbatch: error: invalid partition specified: gpu" >&2\nexit 1\n',
     )
     script = tmp_path / "captured.sbatch"
@@ -103,6 +106,7 @@ def test_slurm_launcher_writes_the_sbatch_script(sparsenet_cli, tmp_path):
         "sbatch: error: invalid partition specified: gpu; check hydra.launcher.partition, "
         "account, qos and timeout_min; no run was submitted"
     ]
+    assert script.is_file(), proc.stderr[-3000:]
     lines = set(script.read_text().splitlines())
     for directive in (
         "--partition=gpu",

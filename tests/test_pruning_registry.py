@@ -16,15 +16,7 @@ from torch import nn
 from sparsenet.models import get_model, list_models
 from sparsenet.pruning import FoldedConv2d, prune_dead_units
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small tensors: one intra-op thread is as fast, and it does not stall (OpenMP barriers)
-    when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 INPUT_SHAPES = {"resnet18": (3, 64, 64), "resnet50": (3, 64, 64)}  # small ImageNet inputs

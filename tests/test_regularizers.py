@@ -103,9 +103,9 @@ def test_proximal_step_on_input_groups():
 
 
 def test_bad_values_are_named():
-    with pytest.raises(ValueError, match="regularizer.structure='rows'"):
+    with pytest.raises(ValueError, match="^structure='rows' is not a group structure"):
         GroupLasso(1.0, "rows")
-    with pytest.raises(ValueError, match="regularizer.strength=-1"):
+    with pytest.raises(ValueError, match="^strength=-1.0 is out of range"):
         GroupLasso(-1.0)
 
 

@@ -157,25 +157,21 @@ def _without_timings(tree):
     return tree
 
 
-def test_the_same_config_and_seed_twice_give_identical_results(tmp_path):
+def test_the_same_config_and_seed_twice_give_identical_results(tmp_path, compose_cfg):
     """On the CPU a run is a function of its config and seed: every figure but the timings,
     the history and the final weights are equal; another seed changes them."""
     import torch
-    from hydra import compose, initialize_config_module
 
     from sparsenet.pipeline import run_experiment
-    from sparsenet.pipeline.resume import register_resolvers
 
-    register_resolvers()
     overrides = [
         "experiment=smoke",
         "train.epochs=2",
         "train.progress=false",
         "report.latency_batch_size=8",
     ]
-    with initialize_config_module(config_module="sparsenet.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-        reseeded = compose(config_name="config", overrides=[*overrides, "seed=1"])
+    cfg = compose_cfg(*overrides)
+    reseeded = compose_cfg(*overrides, "seed=1")
     runs = {name: tmp_path / name for name in ("a", "b", "seed1")}
     metrics = {
         name: run_experiment(reseeded if name == "seed1" else cfg, folder)

@@ -7,26 +7,19 @@ from __future__ import annotations
 import csv
 import errno
 import json
+import logging
 import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 
 from sparsenet.errors import OutputError
 from sparsenet.pipeline import run_experiment
-from sparsenet.pipeline.resume import register_resolvers
 
 QUICK = ("experiment=smoke", "train.epochs=2", "finetune.epochs=0", "train.progress=false")
 # SGD at lr 1e9 throws the weights to +-1e9 after one step: the loss overflows within the
 # first epoch whatever the seed.
 DIVERGING_LR = "1e9"
-
-
-def _compose(*overrides: str):
-    register_resolvers()
-    with initialize_config_module(config_module="sparsenet.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def _read(path: Path) -> dict:
@@ -79,16 +72,19 @@ def test_a_diverging_run_fails_and_the_sweep_goes_on(sparsenet_cli, tmp_path):
     assert summary.count(runs["1000000000.0"].name) == 1  # in that section only
 
 
-def test_a_failed_run_is_not_retried_until_resume_false(sparsenet_cli, tmp_path, capsys):
+def test_a_failed_run_is_not_retried_until_resume_false(
+    sparsenet_cli, tmp_path, caplog, compose_cfg
+):
+    caplog.set_level(logging.INFO)
     run_dir = tmp_path / "run"
     overrides = (*QUICK, f"optimizer.lr={DIVERGING_LR}")
-    first = run_experiment(_compose(*overrides), run_dir)
+    first = run_experiment(compose_cfg(*overrides), run_dir)
     assert first["status"] == "failed"
     written = (run_dir / "metrics.json").stat().st_mtime_ns
 
-    again = run_experiment(_compose(*overrides), run_dir)
+    again = run_experiment(compose_cfg(*overrides), run_dir)
     assert again == first and (run_dir / "metrics.json").stat().st_mtime_ns == written
-    assert "already failed with this config (diverged in train epoch 1" in capsys.readouterr().out
+    assert "already failed with this config (diverged in train epoch 1" in caplog.text
 
     # The command line: the same skip, a "run failed" line and status 1 for a single run.
     proc = sparsenet_cli(*overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
@@ -96,15 +92,17 @@ def test_a_failed_run_is_not_retried_until_resume_false(sparsenet_cli, tmp_path,
     assert proc.stderr.startswith("sparsenet: run failed: diverged in train epoch 1: ")
     assert "Traceback" not in proc.stderr
 
-    rerun = run_experiment(_compose(*overrides, "resume=false"), run_dir)
+    rerun = run_experiment(compose_cfg(*overrides, "resume=false"), run_dir)
     assert rerun["status"] == "failed"
     assert (run_dir / "metrics.json").stat().st_mtime_ns > written
 
 
-def test_a_full_disk_is_a_clear_error_and_keeps_the_earlier_results(tmp_path, monkeypatch):
+def test_a_full_disk_is_a_clear_error_and_keeps_the_earlier_results(
+    tmp_path, monkeypatch, compose_cfg
+):
     run_dir = tmp_path / "run"
     overrides = ("experiment=smoke", "train.epochs=1", "finetune.epochs=0", "train.progress=false")
-    run_experiment(_compose(*overrides), run_dir)
+    run_experiment(compose_cfg(*overrides), run_dir)
     earlier = (run_dir / "metrics.json").read_bytes()
     assert _read(run_dir / "metrics.json")["status"] == "completed"
 
@@ -113,7 +111,7 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_earlier_results(tmp_path, mo
 
     monkeypatch.setattr(os, "fsync", disk_full)  # every atomic write flushes before its rename
     with pytest.raises(OutputError) as info:
-        run_experiment(_compose(*overrides, "resume=false"), run_dir)
+        run_experiment(compose_cfg(*overrides, "resume=false"), run_dir)
     message = str(info.value)
     assert message.startswith(f"cannot write {run_dir}") and "No space left on device" in message
     assert (run_dir / "metrics.json").read_bytes() == earlier

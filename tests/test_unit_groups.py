@@ -16,14 +16,7 @@ INPUT_SHAPES = {"resnet18": (3, 32, 32), "resnet50": (3, 32, 32)}  # small Image
 CHOSEN_PER_GROUP = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small tensors: one intra-op thread is as fast, and it does not stall when other
-    processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _input_shape(name: str) -> tuple[int, int, int]:

@@ -24,9 +24,7 @@ FORMATS = ("torchvision", "imagefolder")
 def check_format(format: str, allowed: Sequence[str], dataset: str) -> None:
     """Reject a `dataset.format` the family cannot read."""
     if format not in allowed:
-        raise ConfigError(
-            f"dataset.format='{format}' is not a format of {dataset}; allowed: {', '.join(allowed)}"
-        )
+        raise ConfigError("format", format, f"is not a format of {dataset}", ", ".join(allowed))
 
 
 def check_subset(n: int | None, size: int, key: str) -> int:
@@ -35,8 +33,10 @@ def check_subset(n: int | None, size: int, key: str) -> int:
         return size
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= size:
         raise ConfigError(
-            f"dataset.{key}={n!r} is out of range; allowed: an integer 1..{size} "
-            f"(the split's size) or null for all samples"
+            key,
+            n,
+            "is out of range",
+            f"an integer 1..{size} (the split's size) or null for all samples",
         )
     return n
 

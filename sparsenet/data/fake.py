@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import TensorDataset
 
+from sparsenet.config.checks import Integer, Sizes
 from sparsenet.data import DataSplits, register_dataset
 from sparsenet.data._common import check_subset
-from sparsenet.errors import ConfigError
 
 
 def make_prototype_data(
@@ -54,13 +54,10 @@ def fake(
     into the model config and is checked against the result, not passed here (fake.yaml ties
     the two together).
     """
-    if len(image_shape) != 3 or min(image_shape) < 1:
-        raise ConfigError(f"dataset.image_shape={list(image_shape)} must be [C, H, W], all >= 1")
-    if classes < 2:
-        raise ConfigError(f"dataset.classes={classes} must be at least 2")
-    for key, size in (("train_size", train_size), ("test_size", test_size)):
-        if size < 1:
-            raise ConfigError(f"dataset.{key}={size} must be at least 1")
+    image_shape = Sizes(length=3, what="C, H, W")("image_shape", image_shape)
+    classes = Integer(low=2)("classes", classes)
+    train_size = Integer(low=1)("train_size", train_size)
+    test_size = Integer(low=1)("test_size", test_size)
     train, test = make_prototype_data(image_shape, classes, (train_size, test_size), seed)
     n_train = check_subset(train_subset, train_size, "train_subset")
     n_test = check_subset(test_subset, test_size, "test_subset")

@@ -30,7 +30,9 @@ def cnn332k(
     channels, height, width = input_shape
     h, w = ((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2
     if h < 1 or w < 1:
-        raise ConfigError(f"cnn332k needs inputs of at least 16x16, got {height}x{width}")
+        raise ConfigError(
+            "input_shape", list(input_shape), "is too small for cnn332k", "16x16 or more"
+        )
     return nn.Sequential(
         OrderedDict(
             conv1=nn.Conv2d(channels, 32, kernel_size=5),

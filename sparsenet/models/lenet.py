@@ -31,7 +31,9 @@ def lenet5(num_classes: int = 10, input_shape: Sequence[int] = (1, 28, 28)) -> n
     channels, height, width = input_shape
     h, w = _conv_pool_size(height), _conv_pool_size(width)
     if h < 1 or w < 1:
-        raise ConfigError(f"lenet5 needs inputs of at least 16x16, got {height}x{width}")
+        raise ConfigError(
+            "input_shape", list(input_shape), "is too small for lenet5", "16x16 or more"
+        )
     return nn.Sequential(
         OrderedDict(
             conv1=nn.Conv2d(channels, 20, kernel_size=5),

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from sparsenet.errors import ConfigError
+from sparsenet.config.checks import Choice, Sizes
 from sparsenet.models import register_model
 
 INITS = ("default", "paper_a")
@@ -37,9 +37,8 @@ def build_mlp(
     in_features: int, hidden: Sequence[int], num_classes: int, init: str = "default"
 ) -> nn.Sequential:
     """Flatten -> [Linear -> ReLU] per hidden size -> Linear(num_classes)."""
-    if init not in INITS:
-        raise ConfigError(f"unknown init '{init}'; choose one of {INITS}")
-    sizes = [in_features, *hidden]
+    Choice(INITS)("init", init)
+    sizes = [in_features, *Sizes()("hidden", hidden)]
     layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), start=1):
         layers[f"fc{i}"] = nn.Linear(n_in, n_out)

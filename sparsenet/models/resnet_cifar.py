@@ -89,7 +89,7 @@ def resnet_cifar(
 ) -> CifarResNet:
     """A CIFAR ResNet of depth 6n + 2 (20, 32, 44, 56, 110, ...)."""
     if depth < 8 or (depth - 2) % 6:
-        raise ConfigError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth}")
+        raise ConfigError("depth", depth, "is not a CIFAR ResNet depth", "6n + 2 with n >= 1")
     return CifarResNet((depth - 2) // 6, num_classes, in_channels=int(input_shape[0]))
 
 

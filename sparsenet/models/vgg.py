@@ -64,7 +64,12 @@ def vgg16(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32)) -> nn
     """CIFAR VGG-16-BN with a Linear(512, num_classes) head; 14,724,042 params at 10 classes."""
     channels, height, width = input_shape
     if min(height, width) < 32:
-        raise ConfigError(f"vgg16 has five 2x2 max-pools and needs >= 32x32, got {height}x{width}")
+        raise ConfigError(
+            "input_shape",
+            list(input_shape),
+            "is too small for vgg16's five 2x2 max-pools",
+            "32x32 or more",
+        )
     model = nn.Sequential(
         OrderedDict(
             features=make_vgg_features(VGG16_CFG, channels),

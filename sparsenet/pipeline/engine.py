@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -11,36 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from sparsenet.errors import ConfigError
 from sparsenet.pipeline.distributed import all_reduce_sum
 from sparsenet.regularizers.base import Regularizer
-
-SCHEDULES = ("cosine", "multistep", "constant")
-
-
-def make_schedule(
-    optimizer: torch.optim.Optimizer,
-    name: str,
-    total_steps: int,
-    *,
-    milestones: Iterable[float] = (0.5, 0.75),
-    gamma: float = 0.1,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step LR factor. cosine: 0.5 (1 + cos(pi t / T)); multistep: gamma^(#milestones
-    passed), milestones given as fractions of the run; constant: 1."""
-    total = max(total_steps, 1)
-    if name == "cosine":
-        factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
-    elif name == "multistep":
-        marks = sorted(float(m) for m in milestones)
-        factor = lambda step: gamma ** sum(step >= m * total for m in marks)  # noqa: E731
-    elif name == "constant":
-        factor = lambda step: 1.0  # noqa: E731
-    else:
-        raise ConfigError(
-            f"scheduler.name='{name}' is not a schedule; allowed: {', '.join(SCHEDULES)}"
-        )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @dataclass(frozen=True)
@@ -53,6 +24,7 @@ class StepSettings:
 
     amp: bool = False
     channels_last: bool = False
+    label_smoothing: float = 0.0  # training loss only; test loss stays the plain CE
 
     def amp_dtype(self, device: torch.device) -> torch.dtype:
         return torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -112,10 +84,12 @@ def train_epoch(
         with torch.autocast(device.type, dtype=amp_dtype, enabled=settings.amp):
             logits = model(x)
             if global_sizes is None:
-                loss = F.cross_entropy(logits, y)
+                loss = F.cross_entropy(logits, y, label_smoothing=settings.label_smoothing)
                 total_ce += loss.detach() * len(y)
             else:
-                ce_sum = F.cross_entropy(logits, y, reduction="sum")
+                ce_sum = F.cross_entropy(
+                    logits, y, reduction="sum", label_smoothing=settings.label_smoothing
+                )
                 total_ce += ce_sum.detach()
                 loss = ce_sum * (world / global_sizes[step])
         if regularize:

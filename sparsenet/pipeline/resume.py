@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from sparsenet.config.schema import hashed_when_changed
 from sparsenet.errors import CheckpointError
 from sparsenet.runtime import atomic_torch_save, safe_torch_load
 
@@ -31,9 +32,10 @@ IGNORED_KEYS = (
     "name",
     "reference",
 )
-# Keys added after runs were made: hashed only when set away from their default, so the
-# folders of older runs keep their hash (a re-run still finds them completed).
-HASHED_WHEN_CHANGED = {"train.sync_batchnorm": False}
+# Keys added after runs were made: hashed only when set away from the value that reproduces
+# those runs, so their folders keep their hash (a re-run still finds them completed). Declared
+# on the schema field (`setting(..., hash_unless=...)` in sparsenet/config/schema.py).
+HASHED_WHEN_CHANGED = hashed_when_changed()
 MAX_DIRNAME = 120
 RESOLVER = "sparsenet.dirname"
 

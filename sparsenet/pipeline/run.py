@@ -13,19 +13,19 @@ decision goes to all) and writes.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sparsenet.checkpoint import narrow_to_spec, save_pruned
-from sparsenet.data import build_datasets, check_matches_config
+from sparsenet.data import check_matches_config
 from sparsenet.data.loaders import make_loader
 from sparsenet.errors import ConfigError, OutputError, RunDiverged, UserInputError
 from sparsenet.measure import dense_layer_units, describe_model, measure_latency_ms
-from sparsenet.models import get_model
 from sparsenet.pipeline import distributed
 from sparsenet.pipeline.distributed import Ranks
 from sparsenet.pipeline.engine import evaluate
@@ -37,12 +37,8 @@ from sparsenet.pipeline.resume import (
     load_checkpoint,
     set_rng_state,
 )
+from sparsenet.pipeline.settings import RunSettings, check_regularizer_fits, parse_config
 from sparsenet.pipeline.stages import STAGES, RunContext
-from sparsenet.pipeline.validate import (
-    build_regularizer,
-    check_regularizer_fits,
-    validate_config,
-)
 from sparsenet.runtime import (
     atomic_write_bytes,
     atomic_write_json,
@@ -52,47 +48,33 @@ from sparsenet.runtime import (
 )
 
 METRICS_FILE = "metrics.json"
+log = logging.getLogger(__name__)
 
 
-def _model_kwargs(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg.model, resolve=True)
-
-
-def _build_model(cfg: DictConfig) -> torch.nn.Module:
-    kwargs = _model_kwargs(cfg)
-    name = kwargs.pop("name")
-    try:
-        return get_model(name, **kwargs)
-    except ConfigError as error:  # the builder's own check (input too small, unknown init)
-        raise ConfigError(f"model={name}: {error}") from None
-
-
-def build_context(cfg: DictConfig, run_dir: Path, ranks: Ranks | None = None) -> RunContext:
-    """Model, regularizer, data and loaders of a run whose config `validate_config` passed;
-    for process `ranks` of a data-parallel run, the loaders give that process's parts."""
+def build_context(settings: RunSettings, run_dir: Path, ranks: Ranks | None = None) -> RunContext:
+    """Model, regularizer, data and loaders of a run from its parsed settings; for process
+    `ranks` of a data-parallel run, the loaders give that process's parts."""
     ranks = ranks or Ranks()
-    flush_denormals(bool(cfg.train.get("flush_denormal", True)))
-    set_num_threads(cfg.train.get("num_threads"))
-    seed_everything(int(cfg.seed))  # the same on every process: identical initial weights
-    device = distributed.rank_device(ranks, str(cfg.train.device))
-    # The model and the regularizer before the data: what they refuse (a layer pattern that
+    train = settings.train
+    flush_denormals(train.flush_denormal)
+    set_num_threads(train.num_threads)
+    seed_everything(settings.seed)  # the same on every process: identical initial weights
+    device = distributed.rank_device(ranks, train.device)
+    # The model before the data: what the regularizer refuses in it (a layer pattern that
     # matches nothing) fails before minutes of reading. No data builder draws from the global
     # RNG, so the model's initialisation is the same in either order.
-    model = _build_model(cfg)
-    regularizer = build_regularizer(cfg)
+    model = settings.model.build()
+    regularizer = settings.regularizer
     check_regularizer_fits(regularizer, model)
     model = model.to(device)
-    dataset_options = OmegaConf.to_container(cfg.dataset, resolve=True)
-    # num_workers is for the loader; num_classes / input_shape are for the model config to
-    # interpolate, so they are checked against the data rather than passed to the builder.
-    num_workers = int(dataset_options.pop("num_workers", 0))
-    declared = {key: dataset_options.pop(key, None) for key in ("num_classes", "input_shape")}
-    data = build_datasets(dataset_options.pop("name"), **dataset_options)
-    check_matches_config(data, **declared)
-    if cfg.train.channels_last:
+    spec = settings.dataset
+    data = spec.build()
+    # num_classes / input_shape are for the model config to interpolate: checked, not passed.
+    check_matches_config(data, spec.num_classes, spec.input_shape)
+    if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader_options = dict(
-        num_workers=num_workers,
+        num_workers=spec.num_workers,
         device=device,
         pin_memory=device.type == "cuda",
         rank=ranks.rank,
@@ -100,57 +82,49 @@ def build_context(cfg: DictConfig, run_dir: Path, ranks: Ranks | None = None) ->
     )
     train_loader = make_loader(
         data.train,
-        int(cfg.train.batch_size),
+        train.batch_size,
         shuffle=True,
-        seed=int(cfg.seed),
+        seed=settings.seed,
         augment=data.train_augment,
         **loader_options,
     )
     test_loader = make_loader(
-        data.test,
-        int(cfg.train.eval_batch_size),
-        shuffle=False,
-        seed=int(cfg.seed),
-        **loader_options,
+        data.test, train.eval_batch_size, shuffle=False, seed=settings.seed, **loader_options
     )
-    ctx = RunContext(cfg, run_dir, device, model, data, train_loader, test_loader, regularizer)
+    ctx = RunContext(settings, run_dir, device, model, data, train_loader, test_loader, regularizer)
     ctx.ranks = ranks
-    if cfg.report.get("train_accuracy", False):
+    if settings.report.train_accuracy:
         ctx.train_eval_loader = make_loader(
-            data.train,
-            int(cfg.train.eval_batch_size),
-            shuffle=False,
-            seed=int(cfg.seed),
-            **loader_options,
+            data.train, train.eval_batch_size, shuffle=False, seed=settings.seed, **loader_options
         )
     return ctx
 
 
 def _measure(ctx: RunContext, dense_units: dict[str, int]) -> dict:
     input_shape = tuple(ctx.data.input_shape)
-    report = ctx.cfg.report
+    report = ctx.settings.report
     figures = evaluate(ctx.model, ctx.test_loader, ctx.device)
-    if report.get("train_accuracy", False):
+    if report.train_accuracy:
         # On the training split as the training stage sees it (with its augmentation, if any).
         train_figures = evaluate(ctx.model, ctx.train_eval_loader, ctx.device)
         figures.update({f"train_{k.removeprefix('test_')}": v for k, v in train_figures.items()})
-    small_weight = float(report.get("small_weight", 1e-3))
-    figures.update(describe_model(ctx.model, input_shape, dense_units, small_weight))
+    figures.update(describe_model(ctx.model, input_shape, dense_units, report.small_weight))
     latency = None
     if ctx.ranks.is_main:  # timed alone: the others wait for its figure
         latency = measure_latency_ms(
             ctx.model,
             input_shape,
-            int(ctx.cfg.report.latency_batch_size),
+            report.latency_batch_size,
             ctx.device,
-            repeats=int(ctx.cfg.report.latency_repeats),
+            repeats=report.latency_repeats,
         )
     figures["latency_ms"] = distributed.broadcast_object(latency)
     return figures
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Run the stages named in cfg.stages and return the metrics written to metrics.json.
+    """Run the stages named in the config's `stages` and return the metrics written to
+    metrics.json. The config is parsed into typed settings first (every value checked).
 
     A run that diverges returns its metrics with status `failed`. Bad input (UserInputError)
     is raised, after leaving `{"status": "error", "error": message}` in a run folder that has
@@ -158,17 +132,13 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     ranks = Ranks()
     try:
-        validate_config(cfg)  # every value, before anything is read or written
-        ranks = distributed.detect(str(cfg.train.get("distributed", "auto")))
-        distributed.check_settings(
-            ranks,
-            int(cfg.train.batch_size),
-            bool(cfg.train.get("sync_batchnorm", False)),
-            str(cfg.train.device),
-        )
-        device = distributed.rank_device(ranks, str(cfg.train.device))
+        settings = parse_config(cfg)  # every value, before anything is read or written
+        train = settings.train
+        ranks = distributed.detect(train.distributed)
+        distributed.check_settings(ranks, train.batch_size, train.sync_batchnorm, train.device)
+        device = distributed.rank_device(ranks, train.device)
         with distributed.process_group(ranks, device):
-            metrics = _run(cfg, run_dir, ranks)
+            metrics = _run(settings, run_dir, ranks)
             distributed.barrier()  # the outputs are written when any process returns
             return metrics
     except UserInputError as error:
@@ -187,34 +157,34 @@ def _record_error(run_dir: Path, error: UserInputError) -> None:
         pass
 
 
-def _run(cfg: DictConfig, run_dir: Path, ranks: Ranks) -> dict:
-    chash = config_hash(cfg)
+def _run(settings: RunSettings, run_dir: Path, ranks: Ranks) -> dict:
+    chash = config_hash(settings.config)
 
     def find_previous() -> tuple[dict | None, dict | None]:
-        previous = _previous_run(run_dir / METRICS_FILE, chash, bool(cfg.resume))
+        previous = _previous_run(run_dir / METRICS_FILE, chash, settings.resume)
         if previous is not None:
             return previous, None
-        return None, load_checkpoint(run_dir, chash) if cfg.resume else None
+        return None, load_checkpoint(run_dir, chash) if settings.resume else None
 
     # Rank 0 reads the folder; every process gets its decision and the same checkpoint.
     previous, checkpoint = distributed.from_main(ranks, find_previous)
     if previous is not None:
         return previous
-    ctx = build_context(cfg, run_dir, ranks)
+    ctx = build_context(settings, run_dir, ranks)
     ctx.config_hash = chash
     dense_units = dense_layer_units(ctx.model)
     first_stage = _restore(ctx, checkpoint) if checkpoint else 0
     metrics: dict = {
         "status": "running",
         "config_hash": chash,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": settings.config,
         "regularizer": ctx.regularizer.describe(),
         "device": str(ctx.device),
         "num_threads": torch.get_num_threads(),
         "world_size": ranks.world_size,
         "stages": ctx.stage_metrics,
     }
-    for index, name in enumerate(cfg.stages):
+    for index, name in enumerate(settings.stages):
         if index < first_stage:
             continue
         ctx.stage_index = index
@@ -239,7 +209,7 @@ def _run(cfg: DictConfig, run_dir: Path, ranks: Ranks) -> dict:
     save_pruned(
         ctx.model.cpu(),
         run_dir / "model",
-        _model_kwargs(cfg),
+        settings.model.as_config(),
         config=metrics["config"],
         metrics=metrics,
     )
@@ -266,7 +236,7 @@ def _record_failure(ctx: RunContext, metrics: dict, diverged: RunDiverged) -> di
         )
     atomic_write_json(ctx.run_dir / METRICS_FILE, metrics)
     (ctx.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
-    print(f"run failed: {describe_failure(metrics)} -> {ctx.run_dir / METRICS_FILE}", flush=True)
+    log.error("run failed: %s -> %s", describe_failure(metrics), ctx.run_dir / METRICS_FILE)
     return metrics
 
 
@@ -282,11 +252,10 @@ def _restore(ctx: RunContext, checkpoint: dict) -> int:
     ctx.train_loader.set_epoch(checkpoint["loader_epoch"])
     set_rng_state(checkpoint["rng"])
     stage = checkpoint["stage_index"]
-    where = ctx.cfg.stages[stage] if stage < len(ctx.cfg.stages) else "the end"
+    stages = ctx.settings.stages
+    where = stages[stage] if stage < len(stages) else "the end"
     if ctx.ranks.is_main:
-        print(
-            f"resuming {ctx.run_dir}: {where}, after epoch {checkpoint['stage_epoch']}", flush=True
-        )
+        log.info("resuming %s: %s, after epoch %s", ctx.run_dir, where, checkpoint["stage_epoch"])
     return stage
 
 
@@ -299,7 +268,9 @@ def _previous_run(metrics_file: Path, chash: str, resume: bool) -> dict | None:
         return None
     done = completed_metrics(metrics_file, chash)
     if done is not None:
-        print(f"already completed with this config: {metrics_file} (resume=false runs it again)")
+        log.info(
+            "already completed with this config: %s (resume=false runs it again)", metrics_file
+        )
         return done
     try:
         recorded = json.loads(metrics_file.read_text())
@@ -307,9 +278,10 @@ def _previous_run(metrics_file: Path, chash: str, resume: bool) -> dict | None:
         recorded = {}
     other = recorded.get("config_hash") if isinstance(recorded, dict) else None
     if other == chash and recorded.get("status") == "failed":
-        print(
-            f"already failed with this config ({describe_failure(recorded)}): {metrics_file} "
-            "(resume=false runs it again)"
+        log.info(
+            "already failed with this config (%s): %s (resume=false runs it again)",
+            describe_failure(recorded),
+            metrics_file,
         )
         return recorded
     if other is not None and other != chash:

@@ -1,5 +1,6 @@
 """The three stages. Each mutates the run's model and returns its stage-specific figures;
-`run.py` times each stage and measures the model after it.
+`run.py` times each stage and measures the model after it. Stages read the run's typed
+settings (`ctx.settings`, see settings.py), never the raw config.
 
 Data-parallel runs (see distributed.py): every process runs every stage on its own copy of
 the model, identical on all; training steps go through a DistributedDataParallel wrapper made
@@ -7,30 +8,33 @@ per stage (pruning changes the shapes), and only rank 0 writes checkpoints."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from sparsenet.checkpoint import shape_spec
 from sparsenet.data import DataSplits
-from sparsenet.errors import ConfigError, RunDiverged
+from sparsenet.errors import RunDiverged
 from sparsenet.pipeline import distributed
 from sparsenet.pipeline.distributed import Ranks
-from sparsenet.pipeline.engine import StepSettings, evaluate, make_schedule, train_epoch
+from sparsenet.pipeline.engine import StepSettings, evaluate, train_epoch
 from sparsenet.pipeline.resume import rng_state, save_checkpoint, set_rng_state
-from sparsenet.pruning import PruneSettings, prune_units
+from sparsenet.pipeline.schedules import make_schedule
+from sparsenet.pipeline.settings import OptimizerSpec, RunSettings
+from sparsenet.pruning import prune_units
 from sparsenet.regularizers.base import Regularizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunContext:
-    cfg: DictConfig
+    settings: RunSettings
     run_dir: Path
     device: torch.device
     model: nn.Module
@@ -40,7 +44,7 @@ class RunContext:
     regularizer: Regularizer
     history: list[dict] = field(default_factory=list)
     config_hash: str = ""
-    stage_index: int = 0  # position in cfg.stages of the stage running now
+    stage_index: int = 0  # position in settings.stages of the stage running now
     stage_metrics: dict = field(default_factory=dict)  # figures of the stages already done
     resume_state: dict | None = None  # a checkpoint to continue the current stage from
     train_eval_loader: Any = None  # the training split in order, for report.train_accuracy
@@ -73,33 +77,30 @@ def _fit(
     ctx: RunContext,
     stage: str,
     epochs: int,
-    lr: float,
+    optimizer_spec: OptimizerSpec,
     regularizer: Regularizer | None,
-    *,
-    optimizer_cfg: DictConfig | None = None,
 ) -> dict:
-    """Train `epochs` epochs; the optimizer is `optimizer_cfg` (default: cfg.optimizer) with
-    learning rate `lr`, the schedule cfg.scheduler over this stage's steps."""
-    cfg = ctx.cfg
-    optimizer = hydra.utils.instantiate(optimizer_cfg or cfg.optimizer, lr=lr, _partial_=True)(
-        ctx.model.parameters()
-    )
+    """Train `epochs` epochs with the optimizer of `optimizer_spec` (at its lr) and the run's
+    schedule over this stage's steps."""
+    run = ctx.settings
+    optimizer = optimizer_spec.build(ctx.model.parameters(), optimizer_spec.lr)
     total_steps = epochs * len(ctx.train_loader)
-    sched_cfg = {k: v for k, v in cfg.scheduler.items() if k != "name"}
-    scheduler = make_schedule(optimizer, cfg.scheduler.name, total_steps, **sched_cfg)
-    progress = bool(cfg.train.progress) and ctx.ranks.is_main  # bars and lines: rank 0's
-    settings = StepSettings(amp=bool(cfg.train.amp), channels_last=bool(cfg.train.channels_last))
+    scheduler = make_schedule(optimizer, run.scheduler, total_steps)
+    progress = run.train.progress and ctx.ranks.is_main  # bars and lines: rank 0's
+    settings = StepSettings(
+        amp=run.train.amp,
+        channels_last=run.train.channels_last,
+        label_smoothing=run.train.label_smoothing,
+    )
     scaler = settings.grad_scaler(ctx.device)
     if regularizer is not None:
         example = torch.zeros(1, *ctx.data.input_shape, device=ctx.device)
         regularizer.bind(ctx.model, example)
     # Wrapped and compiled per stage: pruning changes the shapes. Parameters stay those of
     # ctx.model, which the regularizer reads and evaluation runs (each process its part).
-    train_model = distributed.wrap(
-        ctx.model, ctx.device, sync_batchnorm=bool(cfg.train.get("sync_batchnorm", False))
-    )
+    train_model = distributed.wrap(ctx.model, ctx.device, sync_batchnorm=run.train.sync_batchnorm)
     eval_model = ctx.model
-    if cfg.train.compile:
+    if run.train.compile:
         eval_model = torch.compile(ctx.model)
         train_model = eval_model if train_model is ctx.model else torch.compile(train_model)
     start_epoch = _resume_stage(ctx, optimizer, scheduler, scaler)
@@ -132,12 +133,16 @@ def _fit(
         ctx.save_checkpoint(
             ctx.stage_index, epoch, optimizer=optimizer, scheduler=scheduler, scaler=scaler
         )
-        if progress:
-            print(
-                f"[{stage}] epoch {epoch}/{epochs}  loss {stats['loss']:.4f}  "
-                f"reg {stats['reg']:.4f}  train {stats['train_acc']:.2f}%  "
-                f"test {stats['test_acc']:.2f}%",
-                flush=True,
+        if ctx.ranks.is_main:
+            log.info(
+                "[%s] epoch %d/%d  loss %.4f  reg %.4f  train %.2f%%  test %.2f%%",
+                stage,
+                epoch,
+                epochs,
+                stats["loss"],
+                stats["reg"],
+                stats["train_acc"],
+                stats["test_acc"],
             )
     return {"epochs": epochs, "final_loss": last.get("loss"), "final_reg": last.get("reg")}
 
@@ -158,16 +163,15 @@ def _resume_stage(ctx: RunContext, optimizer, scheduler, scaler) -> int:
 
 def train_stage(ctx: RunContext) -> dict:
     """Train from scratch with loss = CE + R(model)."""
-    return _fit(
-        ctx, "train", int(ctx.cfg.train.epochs), float(ctx.cfg.optimizer.lr), ctx.regularizer
-    )
+    run = ctx.settings
+    return _fit(ctx, "train", run.train.epochs, run.optimizer, ctx.regularizer)
 
 
 def _calibration_batch(ctx: RunContext, size: int) -> torch.Tensor:
     """`size` training samples drawn with the run's seed (the same ones on every rerun)."""
     data = ctx.data.train
     n = min(size, len(data))
-    generator = torch.Generator().manual_seed(int(ctx.cfg.seed))
+    generator = torch.Generator().manual_seed(ctx.settings.seed)
     order = torch.randperm(len(data), generator=generator)[:n].sort().values.tolist()
     return torch.stack([data[i][0] for i in order]).to(ctx.device)
 
@@ -175,7 +179,7 @@ def _calibration_batch(ctx: RunContext, size: int) -> torch.Tensor:
 def prune_stage(ctx: RunContext) -> dict:
     """Remove the units chosen by prune.criterion (see sparsenet.pruning.criteria), folding
     their contribution into the consumers (prune.fold)."""
-    settings = PruneSettings.from_config(ctx.cfg.prune)
+    settings = ctx.settings.prune
     calibration = _calibration_batch(ctx, settings.calibration_samples)
     result = prune_units(ctx.model, calibration[:1], settings, calibration=calibration)
     # Every process pruned its own copy; identical weights give identical choices.
@@ -189,6 +193,15 @@ def prune_stage(ctx: RunContext) -> dict:
         "folded_layers": result.folded,
         "fold_error": result.fold_error,
     }
+    if ctx.ranks.is_main:
+        for layer, units in result.removed.items():
+            log.info("prune: %s loses %d units %s", layer, len(units), list(units)[:32])
+        log.info(
+            "prune: %d of %d units removed (%s criterion)",
+            result.units_removed,
+            result.units_total,
+            settings.criterion,
+        )
     if settings.criterion == "relative":
         figures["relative"] = settings.relative
     if settings.criterion == "ratio":
@@ -198,67 +211,13 @@ def prune_stage(ctx: RunContext) -> dict:
     return figures
 
 
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """The `finetune` config group, validated. `optimizer` None: the training optimizer
-    config (cfg.optimizer); `lr` None: that optimizer config's own lr."""
-
-    epochs: int
-    lr: float
-    regularize: bool
-    optimizer: DictConfig
-
-
-def finetune_settings(cfg: DictConfig) -> FinetuneSettings:
-    ft = cfg.finetune
-    epochs = ft.get("epochs")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ConfigError(f"finetune.epochs={epochs!r} must be an integer >= 0")
-    optimizer = ft.get("optimizer")
-    if optimizer is None:
-        optimizer = cfg.optimizer
-    elif not isinstance(optimizer, DictConfig) or "_target_" not in optimizer:
-        raise ConfigError(
-            f"finetune.optimizer={optimizer!r} must be null (the training optimizer) or an "
-            "optimizer config with _target_ (e.g. torch.optim.SGD)"
-        )
-    lr = ft.get("lr")
-    if lr is None:
-        lr = optimizer.get("lr")
-        if lr is None:
-            raise ConfigError(
-                "finetune.lr=null takes the optimizer config's lr, but it has none; set "
-                "finetune.lr to a number > 0"
-            )
-    try:
-        lr = float(lr)
-    except (TypeError, ValueError):
-        raise ConfigError(f"finetune.lr={lr!r} must be a number > 0 (or null)") from None
-    if not lr > 0:
-        raise ConfigError(f"finetune.lr={lr} must be > 0 (or null: the optimizer's lr)")
-    regularize = ft.get("regularize", False)
-    if not isinstance(regularize, bool):
-        raise ConfigError(f"finetune.regularize={regularize!r} must be true or false")
-    return FinetuneSettings(epochs, lr, regularize, optimizer)
-
-
-def check_stage_configs(cfg: DictConfig) -> None:
-    """Validate the prune and finetune groups up front (before hours of training)."""
-    if "prune" in cfg.stages:
-        PruneSettings.from_config(cfg.prune)
-    if "finetune" in cfg.stages:
-        finetune_settings(cfg)
-
-
 def finetune_stage(ctx: RunContext) -> dict:
     """Retrain the narrow model with its own optimizer settings; the regularizer stays on
     only if finetune.regularize."""
-    settings = finetune_settings(ctx.cfg)
+    settings = ctx.settings.finetune
     regularizer = ctx.regularizer if settings.regularize else None
-    figures = _fit(
-        ctx, "finetune", settings.epochs, settings.lr, regularizer, optimizer_cfg=settings.optimizer
-    )
-    return {**figures, "lr": settings.lr, "optimizer": str(settings.optimizer["_target_"])}
+    figures = _fit(ctx, "finetune", settings.epochs, settings.optimizer, regularizer)
+    return {**figures, "lr": settings.lr, "optimizer": settings.optimizer.label}
 
 
 STAGES = {"train": train_stage, "prune": prune_stage, "finetune": finetune_stage}

@@ -27,15 +27,12 @@ for the architecture it leaves (cross terms included).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from sparsenet.errors import ConfigError
+from sparsenet.config.checks import Choice, Integer, Number, Schema, setting
 
 CRITERIA = ("threshold", "relative", "ratio")
 TARGETS = ("units", "macs")
@@ -43,74 +40,21 @@ FOLDS = ("exact", "bias")
 SCOPES = ("global", "layer")
 
 
-def _number(key: str, value: Any, low: float, high: float | None, *, open_high: bool) -> float:
-    allowed = f"{low:g} <= {key}" + (
-        "" if high is None else (f" < {high:g}" if open_high else f" <= {high:g}")
-    )
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"prune.{key}={value!r} must be a number; allowed: {allowed}") from None
-    bad_high = high is not None and (number >= high if open_high else number > high)
-    if not math.isfinite(number) or number < low or bad_high:
-        raise ConfigError(f"prune.{key}={value} is out of range; allowed: {allowed}")
-    return number
+@dataclass
+class PruneSettings(Schema):
+    """The `prune` config group (its schema too): each bad value raises ConfigError naming it.
+    The defaults serve library use (`PruneSettings(criterion="ratio")`); runs take every value
+    from conf/prune/."""
 
-
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ConfigError(f"prune.{key}={value!r} is not allowed; allowed: {', '.join(allowed)}")
-    return str(value)
-
-
-def _integer(key: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"prune.{key}={value!r} must be an integer >= {low}")
-    return value
-
-
-@dataclass(frozen=True)
-class PruneSettings:
-    """The `prune` config group, validated (each bad value raises ConfigError naming it)."""
-
-    criterion: str = "threshold"  # threshold | relative | ratio
-    threshold: float = 1e-3  # absolute floor, every criterion: >= 0
-    relative: float = 0.0  # criterion=relative: fraction of the group's largest score, [0, 1]
-    ratio: float = 0.5  # criterion=ratio: share to remove, [0, 1)
-    target: str = "units"  # criterion=ratio: units | macs
-    scope: str = "global"  # criterion=ratio: global | layer (the same share of every layer)
-    min_units: int = 1  # kept in every group, >= 1
-    fold: str = "exact"  # exact (border-correct, FoldedConv2d) | bias (interior only)
-    calibration_samples: int = 256  # samples whose mean activations are folded, >= 1
-
-    def __post_init__(self) -> None:
-        _choice("criterion", self.criterion, CRITERIA)
-        object.__setattr__(
-            self, "threshold", _number("threshold", self.threshold, 0, None, open_high=False)
-        )
-        object.__setattr__(
-            self, "relative", _number("relative", self.relative, 0, 1, open_high=False)
-        )
-        object.__setattr__(self, "ratio", _number("ratio", self.ratio, 0, 1, open_high=True))
-        _choice("target", self.target, TARGETS)
-        _choice("scope", self.scope, SCOPES)
-        _choice("fold", self.fold, FOLDS)
-        _integer("min_units", self.min_units, 1)
-        _integer("calibration_samples", self.calibration_samples, 1)
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> PruneSettings:
-        """From the `prune` config group (a DictConfig or dict); unknown keys are refused."""
-        known = {f.name for f in fields(cls)}
-        if isinstance(cfg, DictConfig):
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-        values = {str(k): v for k, v in dict(cfg).items()}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"prune.{unknown[0]} is not a pruning setting; allowed: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
+    criterion: str = setting(Choice(CRITERIA), "threshold")
+    threshold: float = setting(Number(low=0), 1e-3)  # absolute floor, every criterion
+    relative: float = setting(Number(low=0, high=1), 0.0)  # criterion=relative: share of max
+    ratio: float = setting(Number(low=0, below=1), 0.5)  # criterion=ratio: share to remove
+    target: str = setting(Choice(TARGETS), "units")  # criterion=ratio: units | macs
+    scope: str = setting(Choice(SCOPES), "global")  # criterion=ratio: global | layer
+    min_units: int = setting(Integer(low=1), 1)  # kept in every group
+    fold: str = setting(Choice(FOLDS), "exact")  # exact (border-correct) | bias (interior)
+    calibration_samples: int = setting(Integer(low=1), 256)  # samples whose means are folded
 
 
 @dataclass

@@ -19,10 +19,7 @@ STRUCTURES = ("out", "in", "shape", "layer")
 
 def check_structure(structure: str) -> str:
     if structure not in STRUCTURES:
-        raise ConfigError(
-            f"regularizer.structure='{structure}' is not a group structure; "
-            f"allowed: {', '.join(STRUCTURES)}"
-        )
+        raise ConfigError("structure", structure, "is not a group structure", ", ".join(STRUCTURES))
     return structure
 
 
@@ -40,7 +37,7 @@ def group_matrix(weight: torch.Tensor, structure: str) -> torch.Tensor:
         return weight.transpose(0, 1).reshape(weight.shape[1], -1)
     if structure == "shape":
         if weight.dim() != 4:
-            raise ConfigError("regularizer.structure='shape' applies to Conv2d layers only")
+            raise ConfigError("structure", "shape", "applies to Conv2d layers only")
         return weight.reshape(weight.shape[0], -1).t()
     if structure == "layer":
         return weight.reshape(1, -1)
@@ -57,7 +54,7 @@ def group_dims(weight: torch.Tensor, structure: str) -> tuple[int, ...]:
         return (0, *range(2, weight.dim()))
     if structure == "shape":
         if weight.dim() != 4:
-            raise ConfigError("regularizer.structure='shape' applies to Conv2d layers only")
+            raise ConfigError("structure", "shape", "applies to Conv2d layers only")
         return (0,)
     if structure == "layer":
         return tuple(range(weight.dim()))

@@ -25,44 +25,21 @@ heuristic (the prox uses the scheduled lr, not the optimizer's effective step).
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from sparsenet.config.checks import Number
 from sparsenet.errors import ConfigError
+from sparsenet.pruning.groups import LAYER_TYPES  # the one definition of a prunable layer
 
-REGULARIZED_TYPES = (nn.Conv2d, nn.Linear)
 OUTPUT_LAYER = "<output>"
 
 
 def regularizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every Conv2d / Linear layer, in module order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, REGULARIZED_TYPES)]
-
-
-def check_number(key: str, value, *, minimum: float | None = None, above: float | None = None):
-    """`value` as a float, or a ValueError naming `regularizer.<key>` and what is allowed."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"regularizer.{key}={value!r} must be a number") from None
-    if not math.isfinite(number):
-        raise ConfigError(f"regularizer.{key}={value} must be finite")
-    if minimum is not None and number < minimum:
-        raise ConfigError(f"regularizer.{key}={value} must be >= {minimum:g}")
-    if above is not None and number <= above:
-        raise ConfigError(f"regularizer.{key}={value} must be > {above:g}")
-    return number
-
-
-def check_choice(key: str, value, allowed) -> str:
-    if value not in allowed:
-        raise ConfigError(
-            f"regularizer.{key}={value!r} is not allowed; allowed: {', '.join(map(str, allowed))}"
-        )
-    return value
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
 
 
 class Regularizer:
@@ -76,17 +53,19 @@ class Regularizer:
         layers: Mapping[str, float | None] | None = None,
         proximal: bool = False,
     ):
-        self.strength = check_number("strength", strength, minimum=0)
+        self.strength = Number(low=0)("strength", strength)
         self.layer_scales: dict[str, float | None] = {}
         for pattern, scale in dict(layers or {}).items():
             self.layer_scales[str(pattern)] = (
-                None if scale is None else check_number(f"layers.{pattern}", scale, minimum=0)
+                None if scale is None else Number(low=0)(f"layers.{pattern}", scale)
             )
         self.proximal = bool(proximal)
         if self.proximal and not self.has_prox():
             raise ConfigError(
-                f"regularizer.proximal=true is not available for {type(self).__name__} "
-                "(no closed-form proximal operator); allowed: false"
+                "proximal",
+                True,
+                f"is not available for {type(self).__name__} (no closed-form proximal operator)",
+                "false",
             )
         self._targets: list[tuple[str, nn.Module, float]] | None = None
         self._model_id: int | None = None
@@ -123,8 +102,10 @@ class Regularizer:
             matched = bool(names) if pattern == OUTPUT_LAYER else fnmatch.filter(names, pattern)
             if not matched:
                 raise ConfigError(
-                    f"regularizer.layers: pattern '{pattern}' matches no Conv2d/Linear layer; "
-                    f"layers: {', '.join(names) or '(none)'} (or '{OUTPUT_LAYER}')"
+                    "layers",
+                    ConfigError.NO_VALUE,
+                    f"pattern '{pattern}' matches no Conv2d/Linear layer; layers: "
+                    f"{', '.join(names) or '(none)'} (or '{OUTPUT_LAYER}')",
                 )
 
     def bind(self, model: nn.Module, example_input: torch.Tensor) -> None:

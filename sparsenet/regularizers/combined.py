@@ -22,14 +22,18 @@ from sparsenet.errors import ConfigError
 from sparsenet.regularizers.base import Regularizer
 
 
-def _build(part) -> Regularizer:
+def _build(name: str, part) -> Regularizer:
+    """A part: built already (by sparsenet.config.components, from a config), or a mapping
+    with a `_target_` given directly to the constructor."""
     if isinstance(part, Regularizer):
         return part
     if isinstance(part, Mapping) and "_target_" in part:
-        from hydra.utils import instantiate
+        from sparsenet.config.components import build
 
-        return instantiate(part)
-    raise ConfigError(f"regularizer.parts: {part!r} is not a regularizer config (no _target_)")
+        return build(f"parts.{name}", part)
+    raise ConfigError(
+        f"parts.{name}", part, "is not a regularizer config", "a config with _target_"
+    )
 
 
 class Combined(Regularizer):
@@ -43,9 +47,9 @@ class Combined(Regularizer):
             named = [(str(k), parts[k]) for k in parts]
         else:
             named = [(str(i), p) for i, p in enumerate(parts)]
-        self.parts: dict[str, Regularizer] = {name: _build(part) for name, part in named}
+        self.parts: dict[str, Regularizer] = {name: _build(name, part) for name, part in named}
         if not self.parts:
-            raise ConfigError("regularizer.parts is empty; give at least one regularizer config")
+            raise ConfigError("parts", {}, "is empty", "at least one regularizer config")
 
     def targets(self, model: nn.Module):
         """Union of the parts' layers (multiplier: the first part's that names the layer)."""

@@ -62,15 +62,14 @@ class GroupLasso(Regularizer):
         super().__init__(strength=strength, layers=layers, proximal=proximal)
         if structure not in GROUP_STRUCTURES:  # check_structure's list lacks `coupled`
             raise ConfigError(
-                f"regularizer.structure={structure!r} is not a group structure; "
-                f"allowed: {', '.join(GROUP_STRUCTURES)}"
+                "structure", structure, "is not a group structure", ", ".join(GROUP_STRUCTURES)
             )
         self.structure = structure
         self.sqrt_weighting = bool(sqrt_weighting)
         self.include_batchnorm = bool(include_batchnorm)
         if self.include_batchnorm and structure != "coupled":
             raise ConfigError(
-                f"regularizer.include_batchnorm=true needs structure 'coupled', got '{structure}'"
+                "include_batchnorm", True, f"needs structure 'coupled', not '{structure}'", "false"
             )
         self._coupled: CoupledGroups | None = None
 

@@ -29,8 +29,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from sparsenet.config.checks import Choice, Number
 from sparsenet.regularizers._groups import group_dims
-from sparsenet.regularizers.base import Regularizer, check_choice, check_number
+from sparsenet.regularizers.base import Regularizer
 
 MODES = ("filter_norms", "per_filter", "layer")
 
@@ -47,9 +48,9 @@ class L1L2(Regularizer):
     ) -> None:
         # no closed-form prox: proximal=true is refused by the base class with that reason
         super().__init__(strength=strength, layers=layers, proximal=proximal)
-        self.mode = check_choice("mode", mode, MODES)
-        self.structure = check_choice("structure", structure, ("out", "in", "shape"))
-        self.eps = check_number("eps", eps, above=0)
+        self.mode = Choice(MODES)("mode", mode)
+        self.structure = Choice(("out", "in", "shape"))("structure", structure)
+        self.eps = Number(above=0)("eps", eps)
 
     def applies_to(self, module: nn.Module) -> bool:
         return self.structure != "shape" or isinstance(module, nn.Conv2d)

@@ -40,8 +40,9 @@ import math
 import torch
 from torch import nn
 
+from sparsenet.config.checks import Choice, Number
 from sparsenet.errors import ConfigError
-from sparsenet.regularizers.base import Regularizer, check_choice, check_number
+from sparsenet.regularizers.base import Regularizer
 
 EXEMPT_RULES = ("last", "first", "random")
 UNIT_AXES = {"in": 1, "out": 0}
@@ -71,28 +72,32 @@ class Partial(Regularizer):
     ) -> None:
         if not isinstance(inner, Regularizer):
             raise ConfigError(
-                f"regularizer.inner must be a regularizer config with a _target_, got {inner!r}"
+                "inner", inner, "must be a regularizer config", "a config with _target_"
             )
         if getattr(inner, "structure", None) == "coupled":
             raise ConfigError(
-                "regularizer.inner.structure='coupled' cannot be partial (its groups span "
-                "layers); allowed: out, in, shape, layer"
+                "inner.structure",
+                "coupled",
+                "cannot be partial (its groups span layers)",
+                "out, in, shape, layer",
             )
         if type(inner).layer_penalty is Regularizer.layer_penalty:
             raise ConfigError(
-                f"regularizer.inner={type(inner).__name__} has no per-layer penalty; allowed: "
-                "GroupLasso, SparseGroupLasso, SSL, L1, L2, L1L2"
+                "inner",
+                type(inner).__name__,
+                "has no per-layer penalty",
+                "GroupLasso, SparseGroupLasso, SSL, L1, L2, L1L2",
             )
         super().__init__(strength=strength, proximal=False)
         self.inner = inner
         self.proximal = inner.proximal
-        self.beta = check_number("beta", beta, above=1)
+        self.beta = Number(above=1)("beta", beta)
         self.rescale = bool(rescale)
-        self.exempt = check_choice("exempt", exempt, EXEMPT_RULES)
+        self.exempt = Choice(EXEMPT_RULES)("exempt", exempt)
         if units is None:
             structure = getattr(inner, "structure", "in")
             units = structure if structure in UNIT_AXES else "in"
-        self.units = check_choice("units", units, tuple(UNIT_AXES))
+        self.units = Choice(tuple(UNIT_AXES))("units", units)
         self.seed = int(seed)
         self.factor = self.beta / (self.beta - 1) if self.rescale else 1.0
         self._kept: dict[int, torch.Tensor] = {}

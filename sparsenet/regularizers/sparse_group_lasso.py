@@ -22,9 +22,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from sparsenet.errors import ConfigError
+from sparsenet.config.checks import Choice, Number
 from sparsenet.regularizers._groups import group_penalty, soft_threshold
-from sparsenet.regularizers.base import check_choice, check_number
 from sparsenet.regularizers.group_lasso import GroupLasso
 
 FORMS = ("scardapane", "statistics")
@@ -50,10 +49,8 @@ class SparseGroupLasso(GroupLasso):
             layers=layers,
             include_batchnorm=include_batchnorm,
         )
-        self.form = check_choice("form", form, FORMS)
-        self.alpha = check_number("alpha", alpha, minimum=0)
-        if self.alpha > 1:
-            raise ConfigError(f"regularizer.alpha={alpha} must be in [0, 1]")
+        self.form = Choice(FORMS)("form", form)
+        self.alpha = Number(low=0, high=1)("alpha", alpha)
         if self.form == "statistics":
             self.group_weight, self.l1_weight = 1.0 - self.alpha, self.alpha
         else:

@@ -37,13 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsenet.config.checks import Choice, Number
 from sparsenet.regularizers._groups import (
     group_matrix,
     group_penalty,
     group_soft_threshold,
     ungroup,
 )
-from sparsenet.regularizers.base import Regularizer, check_choice, check_number
+from sparsenet.regularizers.base import Regularizer
 
 GROUP_TYPES = ("filter", "channel", "shape", "depth", "neuron")
 _CONV_STRUCTURE = {"filter": "out", "channel": "in", "shape": "shape", "depth": "layer"}
@@ -62,13 +63,12 @@ class SSL(Regularizer):
         super().__init__(strength=strength, layers=layers, proximal=proximal)
         given = dict(group_types if group_types is not None else {"filter": 1.0, "channel": 1.0})
         for name in given:
-            check_choice("group_types", name, GROUP_TYPES)
+            Choice(GROUP_TYPES)("group_types", name)
         self.group_types = {
-            name: check_number(f"group_types.{name}", given.get(name, 0.0), minimum=0)
-            for name in GROUP_TYPES
+            name: Number(low=0)(f"group_types.{name}", given.get(name, 0.0)) for name in GROUP_TYPES
         }
-        self.neuron_structure = check_choice("neuron_structure", neuron_structure, ("in", "out"))
-        self.zero_threshold = check_number("zero_threshold", zero_threshold or 0.0, minimum=0)
+        self.neuron_structure = Choice(("in", "out"))("neuron_structure", neuron_structure)
+        self.zero_threshold = Number(low=0)("zero_threshold", zero_threshold or 0.0)
 
     def _structures(self, conv: bool) -> list[tuple[str, float]]:
         """(structure, lambda_t / strength) of the active group types of a layer."""

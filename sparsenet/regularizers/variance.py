@@ -52,8 +52,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from sparsenet.config.checks import Choice, Integer, Number
 from sparsenet.errors import ConfigError
-from sparsenet.regularizers.base import Regularizer, check_choice, check_number
+from sparsenet.regularizers.base import Regularizer
 
 ESTIMATORS = ("histogram", "gaussian")
 _TINY = 1e-12
@@ -187,22 +188,16 @@ class Variance(Regularizer):
     ) -> None:
         # no closed-form prox: proximal=true is refused by the base class with that reason
         super().__init__(strength=strength, layers=layers, proximal=proximal)
-        self.estimator = check_choice("estimator", estimator, ESTIMATORS)
-        self.pi = check_number("pi", pi, above=0)
-        if self.pi >= 1:
-            raise ConfigError(f"regularizer.pi={pi} must be in (0, 1)")
-        self.s0 = check_number("s0", s0, above=0)
-        self.s1 = check_number("s1", s1, above=0)
+        self.estimator = Choice(ESTIMATORS)("estimator", estimator)
+        self.pi = Number(above=0, below=1)("pi", pi)
+        self.s0 = Number(above=0)("s0", s0)
+        self.s1 = Number(above=0)("s1", s1)
         if self.s0 >= self.s1:
-            raise ConfigError(f"regularizer.s0={s0} must be < regularizer.s1={s1} (spike << slab)")
-        self.bins = int(check_number("bins", bins, minimum=3))
-        self.span = check_number("span", span, above=0)
-        self.bandwidth = check_number("bandwidth", bandwidth, above=0)
-        self.max_weights = (
-            None
-            if max_weights is None
-            else int(check_number("max_weights", max_weights, minimum=1))
-        )
+            raise ConfigError("s0", s0, f"must be < s1={s1} (spike << slab)")
+        self.bins = Integer(low=3)("bins", bins)
+        self.span = Number(above=0)("span", span)
+        self.bandwidth = Number(above=0)("bandwidth", bandwidth)
+        self.max_weights = Integer(low=1, optional=True)("max_weights", max_weights)
         self._calls = 0
         self.init_std: dict[str, float] = {}
         self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -1,0 +1,219 @@
+"""Typed schemas of the config: one dataclass per group, the YAML files checked against them.
+
+`RunConfig` is registered in Hydra's ConfigStore as `sparsenet_schema` and heads the defaults
+list of conf/config.yaml, so every YAML file and command-line override is merged into typed
+nodes: OmegaConf refuses an unknown key or a value of the wrong type at composition, naming
+the full key. Each field carries its `Check` (`checks.setting`), which `Schema.__post_init__`
+runs when the group is turned into its dataclass (`OmegaConf.to_object`), and whose `allowed`
+text the composition errors reuse (`composition_error`), so a value gets the same message
+whichever layer refuses it.
+
+Groups whose keys depend on the choice (dataset, model, regularizer, optimizer, scheduler) are
+`Any` here; their options are checked against the typed signature of the component they
+select (`components.py`). Values live in the YAML files only: these fields have no defaults
+(MISSING), so adding a key is one field here plus its value in the group's YAML file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING as NO_DEFAULT
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from sparsenet.config.checks import (
+    NOT_HASHED_AT,
+    Boolean,
+    Check,
+    Choice,
+    Integer,
+    Number,
+    Schema,
+    Text,
+    describe_type,
+    setting,
+)
+from sparsenet.errors import ConfigError
+from sparsenet.pruning.criteria import PruneSettings
+
+SCHEMA_NAME = "sparsenet_schema"
+STAGE_NAMES = ("train", "prune", "finetune")
+DISTRIBUTED_MODES = ("auto", "off")
+DEVICE_NAMES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Device(Check):
+    """auto | cpu | cuda | cuda:N (whether CUDA is there is checked when the device is chosen)."""
+
+    optional: bool = False
+    allowed: str = "auto, cpu, cuda, cuda:N"
+
+    def check(self, key: str, value: Any) -> str:
+        ok = isinstance(value, str) and (
+            value in DEVICE_NAMES or (value.startswith("cuda:") and value[5:].isdigit())
+        )
+        if not ok:
+            raise ConfigError(key, value, "is not a device", self.allowed)
+        return value
+
+
+@dataclass
+class TrainConfig(Schema):
+    """conf/train/: the training stage and how every stage runs on the device."""
+
+    epochs: int = setting(Integer(low=0))
+    batch_size: int = setting(Integer(low=1))  # the global batch (DDP splits it)
+    eval_batch_size: int = setting(Integer(low=1))
+    device: str = setting(Device())
+    progress: bool = setting(Boolean())
+    num_threads: int | None = setting(Integer(low=1, optional=True))
+    amp: bool = setting(Boolean())
+    channels_last: bool = setting(Boolean())
+    flush_denormal: bool = setting(Boolean())
+    compile: bool = setting(Boolean())
+    distributed: str = setting(Choice(DISTRIBUTED_MODES))
+    sync_batchnorm: bool = setting(Boolean(), hash_unless=False)
+    label_smoothing: float = setting(Number(low=0, below=1), hash_unless=0.0)
+
+
+@dataclass
+class ReportConfig(Schema):
+    """conf/report/: what is measured after each stage."""
+
+    latency_batch_size: int = setting(Integer(low=1))
+    latency_repeats: int = setting(Integer(low=1))
+    train_accuracy: bool = setting(Boolean())
+    small_weight: float = setting(Number(low=0))  # |w| below it counts as zero (paper A)
+
+
+@dataclass
+class FinetuneConfig(Schema):
+    """conf/finetune/: fine-tuning of the pruned network. `lr` null: the optimizer's own lr;
+    `optimizer` null: the training optimizer (else a full optimizer config, `_target_`)."""
+
+    epochs: int = setting(Integer(low=0))
+    lr: float | None = setting(Number(above=0, optional=True))
+    regularize: bool = setting(Boolean())
+    optimizer: Any = None
+
+
+@dataclass(frozen=True)
+class StagesCheck(Check):
+    optional: bool = False
+    allowed: str = f"a non-empty list of {', '.join(STAGE_NAMES)}"
+
+    def check(self, key: str, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple) or not value:
+            raise self.refuse(key, value)
+        for name in value:
+            if name not in STAGE_NAMES:
+                raise ConfigError(
+                    key, list(value), f"names '{name}', not a stage", ", ".join(STAGE_NAMES)
+                )
+        return tuple(value)
+
+
+@dataclass
+class RunKeys(Schema):
+    """The top-level keys of a run (conf/config.yaml)."""
+
+    seed: int = setting(Integer(low=0))
+    stages: list[str] = setting(StagesCheck())
+    name: str = setting(Text())
+    resume: bool = setting(Boolean())
+
+
+@dataclass
+class RunConfig:
+    """The whole config's shape: the run's keys and one node per config group."""
+
+    seed: int = MISSING
+    stages: list[str] = MISSING
+    name: str = MISSING
+    resume: bool = MISSING
+    dataset: Any = MISSING
+    model: Any = MISSING
+    regularizer: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    train: TrainConfig = MISSING
+    prune: PruneSettings = MISSING
+    finetune: FinetuneConfig = MISSING
+    report: ReportConfig = MISSING
+    # An experiment bundle's published figures (conf/experiment/): read by the results page,
+    # not by the run; free-form.
+    reference: Any = None
+
+
+def hashed_when_changed() -> dict[str, Any]:
+    """`group.key -> value` of every field declared with `hash_unless` (checks.setting)."""
+    found: dict[str, Any] = {}
+    for group, schema in (
+        ("", RunKeys),
+        ("train", TrainConfig),
+        ("report", ReportConfig),
+        ("finetune", FinetuneConfig),
+        ("prune", PruneSettings),
+    ):
+        for f in fields(schema):
+            if NOT_HASHED_AT in f.metadata:
+                found[f"{group}.{f.name}".lstrip(".")] = f.metadata[NOT_HASHED_AT]
+    return found
+
+
+def register_schemas() -> None:
+    """Put `RunConfig` in Hydra's ConfigStore (idempotent); call before composing."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=RunConfig)
+
+
+def to_settings(schema: type, node: DictConfig | dict, path: str) -> Any:
+    """The group at `path` as its dataclass, every check run; errors name `path.<key>`."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except ConfigError as error:
+        raise error.at(path) from None
+    except OmegaConfBaseException as error:
+        raise composition_error(error, path) from None
+
+
+def _field_check(error: OmegaConfBaseException) -> tuple[Check | None, Any]:
+    parent = getattr(error, "parent_node", None)
+    owner = getattr(getattr(parent, "_metadata", None), "object_type", None)
+    if owner is None or not is_dataclass(owner):
+        return None, None
+    for f in fields(owner):
+        if f.name == str(getattr(error, "key", "")):
+            return f.metadata.get("check"), f
+    return None, None
+
+
+def composition_error(error: OmegaConfBaseException, path: str = "") -> ConfigError:
+    """OmegaConf's refusal as one ConfigError built from the error's fields (key, value, the
+    schema field's check), never from its message text."""
+    key = str(getattr(error, "full_key", "") or getattr(error, "key", "") or "")
+    if path and key and not key.startswith(path + "."):
+        key = f"{path}.{key}"
+    key = key or path or "config"
+    if isinstance(error, ConfigKeyError):
+        owner = getattr(getattr(error.parent_node, "_metadata", None), "object_type", None)
+        allowed = (
+            ", ".join(sorted(f.name for f in fields(owner)))
+            if owner is not None and is_dataclass(owner)
+            else None
+        )
+        return ConfigError(key, ConfigError.NO_VALUE, "is not a config key", allowed)
+    if isinstance(error, ValidationError):
+        check, found = _field_check(error)
+        if check is not None:
+            return ConfigError(key, error.value, f"must be {check.text()}")
+        hint = found.type if found is not None and found.default is NO_DEFAULT else None
+        what = describe_type(hint) if hint is not None else str(error.ref_type_str or "")
+        return ConfigError(key, error.value, f"must be {what or 'of another type'}")
+    reason = getattr(error, "msg", None) or type(error).__name__
+    return ConfigError(key, ConfigError.NO_VALUE, " ".join(str(reason).split()))

@@ -1,0 +1,262 @@
+"""A composed config turned into typed settings, once, before any work.
+
+`parse_config(cfg)` checks every value and returns `RunSettings`: the fixed groups as their
+schema dataclasses (sparsenet/config/schema.py), the regularizer and the schedule built, and
+the model, dataset and optimizers as specs whose options are checked now and which are built
+when the run needs them. The stages read these settings only, never the raw config; every
+bad value is one `ConfigError` naming its full key, the value and what is allowed.
+
+What needs the model (a regularizer's layer patterns, a regularizer with no group in it) is
+checked by `check_regularizer_fits` right after the model is built, before the data is read;
+what needs the data (train_subset within the split) by the dataset builders, before training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from sparsenet.config.checks import Integer, Number, Sizes
+from sparsenet.config.components import PARTIAL, TARGET, as_dict, build, call, check_options
+from sparsenet.config.components import select as select_component
+from sparsenet.config.schema import (
+    FinetuneConfig,
+    ReportConfig,
+    RunKeys,
+    TrainConfig,
+    composition_error,
+    to_settings,
+)
+from sparsenet.data import DATASETS
+from sparsenet.errors import ConfigError
+from sparsenet.models import MODELS
+from sparsenet.pipeline.schedules import SCHEDULES, Schedule
+from sparsenet.pruning.criteria import PruneSettings
+from sparsenet.regularizers.base import Regularizer, regularizable_layers
+from sparsenet.regularizers.combined import Combined
+from sparsenet.regularizers.partial import Partial
+from sparsenet.runtime import select_device
+
+# Keys of the dataset node that are not builder options: the loader's workers, and what the
+# model config interpolates (checked against the data when it is read).
+DATASET_KEYS = {
+    "num_workers": Integer(low=0),
+    "num_classes": Integer(low=2),
+    "input_shape": Sizes(length=3, what="channels, height, width"),
+}
+# Options of every torch optimizer that must be >= 0 (torch refuses some only when it steps).
+OPTIMIZER_NONNEGATIVE = ("weight_decay", "momentum", "eps")
+
+
+@dataclass(frozen=True)
+class BuilderSpec:
+    """A registered builder (model or dataset) and its checked options, built later."""
+
+    path: str
+    name: str
+    builder: Callable
+    options: dict
+
+    def build(self, **extra: Any) -> Any:
+        return call(self.path, self.name, self.builder, {**self.options, **extra})
+
+    def as_config(self) -> dict:
+        return {"name": self.name, **self.options}
+
+
+@dataclass(frozen=True)
+class DatasetSpec(BuilderSpec):
+    num_workers: int = 0
+    num_classes: int = 2
+    input_shape: tuple[int, int, int] = (1, 1, 1)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer class and its options (lr apart: each stage gives its own)."""
+
+    path: str
+    label: str
+    factory: Callable
+    options: dict
+    lr: float  # the learning rate of the stage that uses it
+
+    def build(self, parameters, lr: float) -> torch.optim.Optimizer:
+        return call(
+            self.path, self.label, self.factory, {"params": parameters, "lr": lr, **self.options}
+        )
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """finetune.*: `optimizer` is the training one (finetune.optimizer null) or its own, with
+    finetune.lr (null: that optimizer config's lr)."""
+
+    epochs: int
+    regularize: bool
+    optimizer: OptimizerSpec
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.lr
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    seed: int
+    stages: tuple[str, ...]
+    name: str
+    resume: bool
+    train: TrainConfig
+    report: ReportConfig
+    prune: PruneSettings
+    finetune: FinetuneSettings
+    optimizer: OptimizerSpec
+    scheduler: Schedule
+    regularizer: Regularizer
+    model: BuilderSpec
+    dataset: DatasetSpec
+    config: dict  # the resolved config, as recorded in metrics.json
+
+
+def _resolved(cfg: DictConfig) -> dict:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as error:
+        raise composition_error(error) from None
+
+
+def parse_optimizer(path: str, node: Any, lr_key: str, lr: Any = None) -> OptimizerSpec:
+    """The optimizer config at `path`; `lr` (given at `lr_key`) overrides the node's own."""
+    node = as_dict(node)
+    label, factory = select_component(path, node)
+    options = {k: v for k, v in node.items() if k not in (TARGET, PARTIAL)}
+    options = check_options(path, label, factory, options)
+    own_lr = options.pop("lr", None)
+    chosen = own_lr if lr is None else lr
+    if chosen is None:
+        raise ConfigError(
+            lr_key, None, "takes the optimizer config's lr, but it has none", "a number > 0"
+        )
+    chosen = Number(above=0)(lr_key, chosen)
+    for key in OPTIMIZER_NONNEGATIVE:
+        if options.get(key) is not None:
+            Number(low=0)(f"{path}.{key}", options[key])
+    spec = OptimizerSpec(path, label, factory, options, chosen)
+    # torch checks some values (betas, say) only in the constructor: one on a single
+    # parameter surfaces them now, not after hours of training.
+    spec.build([nn.Parameter(torch.zeros(1))], chosen)
+    return spec
+
+
+def _builder_options(path: str, node: dict, registry, config_keys=()) -> tuple[str, Callable, dict]:
+    name, builder = select_component(path, node, registry)
+    options = {k: v for k, v in node.items() if k != "name" and k not in config_keys}
+    options = check_options(path, f"{path} '{name}'", builder, options, ("name", *config_keys))
+    return name, builder, options
+
+
+def parse_regularizer(node: Any) -> Regularizer:
+    regularizer = build("regularizer", as_dict(node))
+    if not isinstance(regularizer, Regularizer):
+        raise ConfigError(
+            f"regularizer.{TARGET}",
+            as_dict(node).get(TARGET),
+            "is not a Regularizer",
+            "the classes in sparsenet.regularizers",
+        )
+    return regularizer
+
+
+def parse_config(cfg: DictConfig) -> RunSettings:
+    """Every value of `cfg` checked (module docstring); nothing is read or written."""
+    resolved = _resolved(cfg)
+    keys = to_settings(
+        RunKeys, {k: resolved.get(k) for k in ("seed", "stages", "name", "resume")}, ""
+    )
+    train = to_settings(TrainConfig, resolved["train"], "train")
+    select_device(train.device)  # "CUDA is not available here" before any work
+    report = to_settings(ReportConfig, resolved["report"], "report")
+    prune = to_settings(PruneSettings, resolved["prune"], "prune")
+    optimizer = parse_optimizer("optimizer", resolved["optimizer"], "optimizer.lr")
+    finetune = _parse_finetune(resolved["finetune"], resolved["optimizer"])
+    scheduler = build("scheduler", as_dict(resolved["scheduler"]), SCHEDULES)
+    regularizer = parse_regularizer(resolved["regularizer"])
+    model = BuilderSpec("model", *_builder_options("model", as_dict(resolved["model"]), MODELS))
+    dataset = _parse_dataset(resolved["dataset"])
+    return RunSettings(
+        seed=keys.seed,
+        stages=keys.stages,
+        name=keys.name,
+        resume=keys.resume,
+        train=train,
+        report=report,
+        prune=prune,
+        finetune=finetune,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        regularizer=regularizer,
+        model=model,
+        dataset=dataset,
+        config=resolved,
+    )
+
+
+def _parse_finetune(node: Mapping, train_node: Any) -> FinetuneSettings:
+    finetune = to_settings(FinetuneConfig, node, "finetune")
+    if finetune.optimizer is None:
+        spec = parse_optimizer("optimizer", train_node, "finetune.lr", finetune.lr)
+    else:
+        spec = parse_optimizer("finetune.optimizer", finetune.optimizer, "finetune.lr", finetune.lr)
+    return FinetuneSettings(finetune.epochs, finetune.regularize, spec)
+
+
+def _parse_dataset(node: Any) -> DatasetSpec:
+    node = as_dict(node)
+    name, builder, options = _builder_options("dataset", node, DATASETS, tuple(DATASET_KEYS))
+    declared = {
+        key: check(f"dataset.{key}", node.get(key, 0 if key == "num_workers" else None))
+        for key, check in DATASET_KEYS.items()
+    }
+    return DatasetSpec("dataset", name, builder, options, **declared)
+
+
+# --- the regularizer against the model ------------------------------------------------------
+def _parts(regularizer: Regularizer, key: str = "regularizer") -> Iterator[tuple[str, Any]]:
+    """(config path, regularizer) of every layer-wise regularizer inside this one."""
+    if isinstance(regularizer, Combined):
+        for name, part in regularizer.parts.items():
+            yield from _parts(part, f"{key}.parts.{name}")
+    else:
+        yield key, regularizer  # a partial one: its layers are the inner's
+
+
+def check_regularizer_fits(regularizer: Regularizer, model: nn.Module) -> None:
+    """Before training: every `layers` pattern matches a layer, and every active part has
+    groups in this model (structure=shape on an MLP, say, would silently do nothing)."""
+    layers = regularizable_layers(model)
+    listing = ", ".join(f"{n} ({type(m).__name__})" for n, m in layers) or "(none)"
+    for key, part in _parts(regularizer):
+        inner = part.inner if isinstance(part, Partial) else part
+        try:
+            inner.check_layer_patterns(model)
+        except ConfigError as error:
+            raise error.at(key if inner is part else f"{key}.inner") from None
+        if part.active and regularizer.active and not part.targets(model):
+            settings = {
+                k: v
+                for k, v in inner.describe().items()
+                if k in ("structure", "group_types", "layers") and v not in ({}, None)
+            }
+            shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+            raise ConfigError(
+                f"{key} ({type(inner).__name__}{', ' + shown if shown else ''}) has no group in "
+                f"any layer of this model; its layers: {listing}; allowed: settings with groups "
+                "in these layers, or regularizer=none"
+            )
