@@ -6,8 +6,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from sparsenet.data.loaders import make_loader
-from sparsenet.pipeline.engine import StepSettings, evaluate, train_epoch
-from sparsenet.pipeline.schedules import Cosine, MultiStep, make_schedule
+from sparsenet.pipeline.engine import StepSettings, evaluate, parameter_groups, train_epoch
+from sparsenet.pipeline.schedules import Cosine, MultiStep, WarmupCosine, make_schedule
 
 
 def _separable(n: int = 512):
@@ -58,6 +58,40 @@ def test_schedules_by_hand():
         opt.step()
         multistep.step()
     assert lrs == pytest.approx([1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_warmup_cosine_by_hand():
+    # T = 10 steps, W = 0.2 T = 2: factors 0.1, 0.55 (climb), then 0.5 (1 + cos(pi k / 8))
+    opt = torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=2.0)
+    schedule = make_schedule(opt, WarmupCosine(warmup=0.2, start=0.1), 10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    expected = [
+        0.1,
+        0.55,
+        1.0,
+        0.9619398,
+        0.8535534,
+        0.6913417,
+        0.5,
+        0.3086583,
+        0.1464466,
+        0.0380602,
+    ]
+    assert lrs == pytest.approx([2.0 * f for f in expected], abs=1e-6)
+
+
+def test_weight_decay_spares_norm_and_bias_when_asked():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 3))
+    (together,) = parameter_groups(model, decay_norm_and_bias=True)
+    assert len(together["params"]) == 6
+    decayed, spared = parameter_groups(model, decay_norm_and_bias=False)
+    assert [tuple(p.shape) for p in decayed["params"]] == [(2, 1, 3, 3), (3, 2)]
+    assert [tuple(p.shape) for p in spared["params"]] == [(2,), (2,), (2,), (3,)]
+    assert spared["weight_decay"] == 0.0
 
 
 def test_diverging_loss_is_reported():

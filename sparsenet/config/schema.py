@@ -77,6 +77,8 @@ class TrainConfig(Schema):
     distributed: str = setting(Choice(DISTRIBUTED_MODES))
     sync_batchnorm: bool = setting(Boolean(), hash_unless=False)
     label_smoothing: float = setting(Number(low=0, below=1), hash_unless=0.0)
+    # false: no weight decay on BatchNorm weights and biases (parameters with one dimension)
+    decay_norm_and_bias: bool = setting(Boolean(), hash_unless=True)
 
 
 @dataclass

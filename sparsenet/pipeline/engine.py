@@ -14,6 +14,19 @@ from sparsenet.pipeline.distributed import all_reduce_sum
 from sparsenet.regularizers.base import Regularizer
 
 
+def parameter_groups(model: nn.Module, decay_norm_and_bias: bool = True) -> list[dict]:
+    """The optimizer's parameter groups: all in one, or (decay_norm_and_bias=false) the
+    one-dimensional parameters (biases, BatchNorm weights and biases) in a group of their own
+    with weight_decay 0, as short CIFAR schedules usually do."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if decay_norm_and_bias:
+        return [{"params": parameters}]
+    return [
+        {"params": [p for p in parameters if p.ndim > 1]},
+        {"params": [p for p in parameters if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+
+
 @dataclass(frozen=True)
 class StepSettings:
     """How a step runs on the device (GPU concerns; all off by default, results identical).

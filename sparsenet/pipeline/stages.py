@@ -22,7 +22,7 @@ from sparsenet.data import DataSplits
 from sparsenet.errors import RunDiverged
 from sparsenet.pipeline import distributed
 from sparsenet.pipeline.distributed import Ranks
-from sparsenet.pipeline.engine import StepSettings, evaluate, train_epoch
+from sparsenet.pipeline.engine import StepSettings, evaluate, parameter_groups, train_epoch
 from sparsenet.pipeline.resume import rng_state, save_checkpoint, set_rng_state
 from sparsenet.pipeline.schedules import make_schedule
 from sparsenet.pipeline.settings import OptimizerSpec, RunSettings
@@ -83,7 +83,8 @@ def _fit(
     """Train `epochs` epochs with the optimizer of `optimizer_spec` (at its lr) and the run's
     schedule over this stage's steps."""
     run = ctx.settings
-    optimizer = optimizer_spec.build(ctx.model.parameters(), optimizer_spec.lr)
+    groups = parameter_groups(ctx.model, run.train.decay_norm_and_bias)
+    optimizer = optimizer_spec.build(groups, optimizer_spec.lr)
     total_steps = epochs * len(ctx.train_loader)
     scheduler = make_schedule(optimizer, run.scheduler, total_steps)
     progress = run.train.progress and ctx.ranks.is_main  # bars and lines: rank 0's
