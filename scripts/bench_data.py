@@ -1,6 +1,6 @@
 """CIFAR-10 ResNet-20 training throughput by data path, in one process (issue 20).
 
-    python scripts/bench_data.py [--root DIR] [--blocks 8] [--steps 25] [--warmup 4]
+    python scripts/bench_data.py [--root DIR] [--blocks 10] [--steps 20] [--warmup 4]
                                  [--batch 128] [--out scripts/results]
 
 DIR defaults to $SPARSENET_DATA/cifar10-jpeg (else ../shared/data/cifar10-jpeg): the JPEG
@@ -17,10 +17,12 @@ step:
              RandomCrop + flip + ToTensor + Normalize in 2 DataLoader workers
 Blocks: each block runs `warmup` untimed steps (they also drain the batches the DataLoader's
 workers prefetched while the other variants ran) then `steps` timed steps of every variant;
-the order rotates from block to block. Reported: samples/s, median and range over blocks, and
-the median over blocks of the ratio to the bare loop of the same block (timings on this
-shared 2-core machine vary by 10-30% from minute to minute; the ratio within a block is the
-steadier figure). Target: cached >= 0.90x bare.
+the order rotates from block to block. A block's figure is its median step time (a burst of
+other work slows a few steps, not the median). Reported: samples/s = batch / that time,
+median and range over blocks, and the median over blocks of the ratio to the bare loop of
+the same block (timings on this shared 2-core machine vary by 10-30% from minute to minute,
+and far more when other jobs run; the ratio within a block is the steadier figure).
+Target: cached >= 0.90x bare.
 
 CPU ms / sample: CPU time (user + system) of this process and of the DataLoader's workers
 during the timed steps, per sample (median over blocks): the decoding the `pil` path does in
@@ -85,12 +87,17 @@ def _worker_cpu_seconds(loader) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def _steps(model, optimizer, batches, n: int) -> None:
+def _steps(model, optimizer, batches, n: int) -> list[float]:
+    """Seconds of each of n training steps (next batch, forward, backward, update)."""
+    times = []
     for _ in range(n):
+        start = time.perf_counter()
         x, y = next(batches)
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def bench_batch(cached, images_u8: torch.Tensor, batch: int, reps: int = 200) -> dict:
@@ -172,14 +179,14 @@ def bench_train(root: Path, blocks: int, steps: int, warmup: int, batch: int) ->
         for name in VARIANTS[shift:] + VARIANTS[:shift]:
             net, optimizer = runs[name]
             _steps(net, optimizer, loaders[name], warmup)
-            start, start_cpu = time.perf_counter(), cpu_now()
-            _steps(net, optimizer, loaders[name], steps)
-            seconds[name].append(time.perf_counter() - start)
+            start_cpu = cpu_now()
+            # The block's median step: a burst of other work slows a few steps, not the median.
+            seconds[name].append(statistics.median(_steps(net, optimizer, loaders[name], steps)))
             cpu[name].append(cpu_now() - start_cpu)
-        print({k: round(v[-1], 2) for k, v in seconds.items()}, flush=True)
+        print({k: round(v[-1], 3) for k, v in seconds.items()}, flush=True)
     rows = []
     for name in VARIANTS:
-        rates = [steps * batch / s for s in seconds[name]]
+        rates = [batch / s for s in seconds[name]]
         ratios = [b / s for b, s in zip(seconds["bare"], seconds[name], strict=True)]
         rows.append(
             {
@@ -241,8 +248,8 @@ def _markdown(meta: dict, rows: list[dict], extra: dict) -> str:
         "`dataset.cache=true` runs (shuffled indexing + RandomCropFlip per batch); cached_u8: "
         "the same from uint8 storage, normalised per batch; pil: `dataset.cache=false`, "
         "ImageFolder + per-sample PIL transforms in 2 DataLoader workers.",
-        "- ratio to bare: bare's time / the variant's time within the same block, median over "
-        "blocks; samples/s vary more than the ratios because other jobs share the 2 cores (see "
+        "- a block's figure is its median step time; ratio to bare: bare's / the variant's "
+        "within the same block, median over blocks; samples/s vary more than the ratios because other jobs share the 2 cores (see "
         "the load average above; 2 = both cores busy).",
         "- CPU ms / sample: CPU time of this process and the DataLoader workers during the "
         "timed steps; the pil path's decoding in its workers is counted here.",
@@ -259,8 +266,8 @@ def _markdown(meta: dict, rows: list[dict], extra: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=DATA / "cifar10-jpeg")
-    parser.add_argument("--blocks", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--blocks", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--out", type=Path, default=REPO / "scripts" / "results")
