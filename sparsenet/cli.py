@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
+import logging
 import os
 import sys
 from importlib import resources
@@ -37,6 +39,7 @@ from sparsenet.launchers import launcher_error_message
 from sparsenet.pipeline.distributed import launcher_rank
 from sparsenet.pipeline.resume import register_resolvers
 
+log = logging.getLogger("sparsenet")
 CONFIG_GROUPS = ("dataset", "model", "regularizer", "optimizer", "scheduler", "prune", "experiment")
 
 
@@ -78,16 +81,34 @@ def user_error_message(error: BaseException) -> str | None:
             typed = _schema_fields(cause)
             if typed:  # a typed group (schema.py): its keys are all there is
                 return f"{key} is not a config key{_did_you_mean(cause)}; allowed: {typed}"
+            parent, _, leaf = str(key).rpartition(".")
+            existing = getattr(cause, "parent_node", None)
+            keys = ", ".join(map(str, existing.keys())) if isinstance(existing, DictConfig) else ""
             return (
-                f"{key} is not a config key{_did_you_mean(cause)}; to add a new key use +{key}=..."
+                f"{key} is not a key of {parent or 'the config'} (its keys: {keys or 'none'})"
+                f"{_did_you_mean(cause)}; an override merges into what is there, so add a new "
+                f"key with +{key}=<value>"
             )
         if isinstance(cause, OmegaConfBaseException):
             return str(composition_error(cause))
         return _one_line(str(error))
     if isinstance(error, OmegaConfBaseException):
         return str(composition_error(error))
-    if isinstance(error, OSError) and error.filename:  # Hydra creating the run folder, say
-        return f"{error.filename}: {error.strerror or error}"
+    return _file_error(error)
+
+
+def _file_error(error: BaseException) -> str | None:
+    """A file that could not be written or read, anywhere in the error's chain of causes
+    (Hydra creating the run folder or its log file, say): `<file>: <reason>`. A full disk
+    names no file when Hydra writes its records: the line says so."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.filename:
+            return f"{error.filename}: {error.strerror or error}"
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return "no space left on device while writing the run's files; free space and run the same command again (finished runs are kept)"
+        error = error.__cause__ or error.__context__
     return None
 
 
@@ -123,10 +144,14 @@ def _fail(message: str, status: int) -> NoReturn:
 def _hydra_main(cfg: DictConfig) -> dict | None:
     from sparsenet.pipeline import run_experiment
     from sparsenet.pipeline.resume import describe_failure
+    from sparsenet.pipeline.settings import unused_stage_overrides
     from sparsenet.reporting import format_stage_table
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
+    stages = cfg.get("stages") or []
+    for override in unused_stage_overrides(stages, HydraConfig.get().overrides.task):
+        log.warning("%s changes nothing: its stage is not in stages=%s", override, list(stages))
     try:
         metrics = run_experiment(cfg, run_dir)
     except Exception as error:

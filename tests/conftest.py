@@ -1,10 +1,12 @@
 """Shared fixtures."""
 
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -74,3 +76,37 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# --- a hand-written MNIST copy in torchvision's layout ----------------------------------------
+MNIST_FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def write_idx(folder: Path, train: bool, images: np.ndarray, labels: np.ndarray) -> None:
+    """IDX format: magic 2051 (uint8, 3 dims) / 2049 (uint8, 1 dim), big-endian int32 dims."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image_file, label_file = MNIST_FILES[train]
+    n, rows, cols = images.shape
+    (folder / image_file).write_bytes(
+        struct.pack(">IIII", 2051, n, rows, cols) + images.astype(np.uint8).tobytes()
+    )
+    (folder / label_file).write_bytes(
+        struct.pack(">II", 2049, n) + labels.astype(np.uint8).tobytes()
+    )
+
+
+def mnist_images(n: int, offset: int) -> np.ndarray:
+    return ((np.arange(n * 28 * 28).reshape(n, 28, 28) * 7 + offset) % 256).astype(np.uint8)
+
+
+@pytest.fixture
+def mnist_root(tmp_path: Path) -> Path:
+    """12 train / 5 test images in <root>/MNIST/raw; train image 0 starts with pixels 255, 0, 128."""
+    train = mnist_images(12, 3)
+    train[0, 0, :3] = (255, 0, 128)
+    write_idx(tmp_path / "MNIST" / "raw", True, train, np.arange(12) % 10)
+    write_idx(tmp_path / "MNIST" / "raw", False, mnist_images(5, 1), np.array([9, 8, 7, 6, 5]))
+    return tmp_path

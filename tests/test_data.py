@@ -10,7 +10,6 @@ import struct
 import urllib.error
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -28,42 +27,6 @@ from sparsenet.data import (
 from sparsenet.data._augment import RandomShift
 from sparsenet.data.cifar10 import CLASSES
 from sparsenet.data.loaders import TensorBatchLoader, make_loader
-
-MNIST_FILES = {
-    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# MNIST family from hand-written IDX files
-
-
-def _write_idx(folder: Path, train: bool, images: np.ndarray, labels: np.ndarray) -> None:
-    """IDX format: magic 2051 (uint8, 3 dims) / 2049 (uint8, 1 dim), big-endian int32 dims."""
-    folder.mkdir(parents=True, exist_ok=True)
-    image_file, label_file = MNIST_FILES[train]
-    n, rows, cols = images.shape
-    (folder / image_file).write_bytes(
-        struct.pack(">IIII", 2051, n, rows, cols) + images.astype(np.uint8).tobytes()
-    )
-    (folder / label_file).write_bytes(
-        struct.pack(">II", 2049, n) + labels.astype(np.uint8).tobytes()
-    )
-
-
-def _images(n: int, offset: int) -> np.ndarray:
-    return ((np.arange(n * 28 * 28).reshape(n, 28, 28) * 7 + offset) % 256).astype(np.uint8)
-
-
-@pytest.fixture
-def mnist_root(tmp_path: Path) -> Path:
-    """12 train / 5 test images in <root>/MNIST/raw; train image 0 starts with pixels 255, 0, 128."""
-    train = _images(12, 3)
-    train[0, 0, :3] = (255, 0, 128)
-    _write_idx(tmp_path / "MNIST" / "raw", True, train, np.arange(12) % 10)
-    _write_idx(tmp_path / "MNIST" / "raw", False, _images(5, 1), np.array([9, 8, 7, 6, 5]))
-    return tmp_path
 
 
 def test_registry_lists_every_family():
@@ -224,7 +187,6 @@ def test_a_corrupt_idx_file_is_named(mnist_root: Path, file, damage, expected):
 
 def test_images_and_labels_of_a_split_must_agree(mnist_root: Path):
     raw = mnist_root / "MNIST" / "raw"
-    _write_idx(raw, False, _images(5, 1), np.array([9, 8, 7, 6, 5]))
     (raw / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 4) + bytes([1, 2, 3, 4]))
     with pytest.raises(
         DataCorruptError,
@@ -232,6 +194,16 @@ def test_images_and_labels_of_a_split_must_agree(mnist_root: Path):
         r"t10k-images-idx3-ubyte holds 5 images",
     ):
         build_datasets("mnist", root=str(mnist_root), download=False)
+
+
+def test_a_label_outside_the_classes_is_refused_naming_the_file(mnist_root: Path):
+    """Label 12 in a 10-class file: refused when the data is read, not an IndexError in the
+    middle of training."""
+    labels = mnist_root / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    labels.write_bytes(struct.pack(">II", 2049, 12) + bytes([1] * 11 + [12]))
+    with pytest.raises(DataCorruptError) as info:
+        build_datasets("mnist", root=str(mnist_root), download=False)
+    assert str(info.value).startswith(f"mnist: {labels} holds label 12, outside 0..9; ")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The same command twice finds its own run folder and does not run again."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -86,6 +88,10 @@ def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(sparsenet_cli
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.json").exists()
+    import torch
+
+    before_kill = torch.load(run_dir / "checkpoint.pt", weights_only=True)["stage_wall_s"]
+    assert before_kill > 0  # the train stage's time up to its first checkpoint
 
     resumed = sparsenet_cli(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -98,6 +104,9 @@ def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(sparsenet_cli
         return {s: {k: v.get(k) for k in keep} for s, v in metrics["stages"].items()}
 
     assert figures(run_dir) == figures(tmp_path / "straight")
+    # the resumed stage's time counts the killed process's part too
+    resumed_train = json.loads((run_dir / "metrics.json").read_text())["stages"]["train"]
+    assert resumed_train["wall_s"] > before_kill
     history = (run_dir / "history.csv").read_text()
     assert history == (tmp_path / "straight" / "history.csv").read_text()
 
@@ -184,3 +193,76 @@ def test_the_same_config_and_seed_twice_give_identical_results(tmp_path, compose
     weights = [torch.load(f / "model" / "model_state.pt", weights_only=True) for f in runs.values()]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+MNIST_RUN = (
+    "dataset=mnist",
+    "dataset.download=false",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "train.progress=false",
+    "finetune.epochs=0",
+    "prune.calibration_samples=4",
+    "report.latency_repeats=1",
+    "report.latency_batch_size=2",
+)
+
+
+def test_a_run_is_not_reused_on_other_data(sparsenet_cli, tmp_path, mnist_root):
+    """dataset.root is not part of a run's folder name, but the data is part of its identity:
+    other files at the same command refuse to reuse the results, and the run's .hydra record
+    still names the data its results came from."""
+    run_dir = tmp_path / "run"
+    first = sparsenet_cli(
+        *MNIST_RUN, f"dataset.root={mnist_root}", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    recorded = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert str(mnist_root) in recorded
+
+    other = tmp_path / "other"
+    shutil.copytree(mnist_root / "MNIST", other / "MNIST")
+    images = other / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    data = bytearray(images.read_bytes())
+    data[-1] ^= 0xFF  # one pixel of the last training image
+    images.write_bytes(bytes(data))
+    again = sparsenet_cli(
+        *MNIST_RUN, f"dataset.root={other}", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
+    assert again.returncode == 2
+    assert f"sparsenet: error: {run_dir} holds a run on other data" in again.stderr
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == recorded  # not rewritten
+
+    same = sparsenet_cli(
+        *MNIST_RUN, f"dataset.root={mnist_root}", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
+    assert same.returncode == 0 and "already completed" in same.stdout
+
+
+def test_a_busy_run_folder_makes_the_second_process_wait(tmp_path):
+    """A second process on the same run folder (an orphaned launcher worker, say) waits for the
+    lock instead of racing on the checkpoint; the lock dies with its holder."""
+    import fcntl
+    import threading
+
+    from sparsenet.pipeline.resume import LOCK_FILE, run_folder_lock
+
+    run_dir = tmp_path / "run"
+    order = []
+    with run_folder_lock(run_dir):
+        holder = (run_dir / LOCK_FILE).read_text()
+        assert holder.startswith(f"process {os.getpid()} on ")
+
+        def second():
+            with run_folder_lock(run_dir):
+                order.append("second")
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive() and not order  # still waiting
+        order.append("first done")
+    thread.join(10)
+    assert order == ["first done", "second"]
+    with open(run_dir / LOCK_FILE) as handle:  # released: anyone may take it now
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -170,6 +170,25 @@ BAD_INPUTS = [
         "report.latency_batch_size=0 is out of range; allowed: an integer >= 1",
     ),
     ("seed=-1", "seed=-1 is out of range; allowed: an integer >= 0"),
+    ("seed=true", "seed=true must be an integer >= 0"),
+    ("name=../../x", "name='../../x' is not a folder name; allowed: a non-empty folder name"),
+    ("name=", "name='' is not a folder name; allowed: a non-empty folder name"),
+    (
+        "stages=[train,prune,train]",
+        "stages=['train', 'prune', 'train'] names train twice; allowed: each stage at most once",
+    ),
+    (
+        "train.batch_size=99999999999999999999999",
+        "train.batch_size=99999999999999999999999 is out of range; allowed: an integer >= 1",
+    ),
+    (
+        "regularizer._target_=os.system",
+        "regularizer._target_='os.system' is not a sparsenet.regularizers.base.Regularizer",
+    ),
+    (
+        "optimizer._target_=builtins.print",
+        "optimizer._target_='builtins.print' is not a torch.optim.optimizer.Optimizer",
+    ),
     (
         "stages=[train,squash]",
         "stages=['train', 'squash'] names 'squash', not a stage; allowed: train, prune, finetune",
@@ -205,6 +224,7 @@ def _assert_no_work_started(run_dir: Path, line: str, hydra: bool = False) -> No
     if not run_dir.exists():
         return
     written = {p.name for p in run_dir.iterdir()} - ({".hydra", "cli.log"} if hydra else set())
+    written -= {".lock"}  # the run folder's lock (sparsenet/pipeline/resume.py), no result
     assert written <= {"metrics.json"}, f"work started before the error: {sorted(written)}"
     if written:
         record = json.loads((run_dir / "metrics.json").read_text())

@@ -14,6 +14,7 @@ of bounds "is out of range"; a word outside a fixed set "is not allowed".
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -73,6 +74,11 @@ def _bounds(low=None, above=None, high=None, below=None) -> str:
     return " and ".join(parts)
 
 
+# Integers go to torch (sizes, counts, seeds), which takes 64-bit values at most: larger ones
+# are refused here rather than deep inside torch with an overflow.
+INT_LIMIT = 2**63 - 1
+
+
 @dataclass(frozen=True)
 class Integer(Check):
     low: int | None = None
@@ -87,6 +93,8 @@ class Integer(Check):
     def check(self, key: str, value: Any) -> int:
         if not _is_integer(value):
             raise self.refuse(key, value)
+        if abs(value) > INT_LIMIT:
+            raise ConfigError(key, value, OUT_OF_RANGE, f"{self.allowed} (64-bit)")
         if (self.low is not None and value < self.low) or (
             self.high is not None and value > self.high
         ):
@@ -201,6 +209,11 @@ class Fractions(Check):
 def describe_type(hint: Any) -> str:
     """What a value of an annotated type looks like, for OmegaConf's type errors."""
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) == 1 and len(typing.get_args(hint)) == 2:  # Optional[X]
+        return f"null or {describe_type(args[0])}"
+    if typing.get_origin(hint) in (list, tuple) and args:
+        return f"a list of {describe_type(args[0]).removeprefix('an ').removeprefix('a ')}s"
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 

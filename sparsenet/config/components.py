@@ -56,8 +56,12 @@ def import_target(path: str, target: Any) -> Callable:
     return found
 
 
-def select(path: str, node: Mapping, registry: Registry | None = None) -> tuple[str, Callable]:
-    """(label, callable) of the component the node selects (module docstring)."""
+def select(
+    path: str, node: Mapping, registry: Registry | None = None, base: type | None = None
+) -> tuple[str, Callable]:
+    """(label, callable) of the component the node selects (module docstring). With `base`,
+    a `_target_` must name a subclass of it: a config can build components, not call any
+    function it names (`_target_: os.system`)."""
     if registry is not None:
         name = node.get(NAME)
         Choice(tuple(registry.names()))(f"{path}.{NAME}", name)
@@ -67,7 +71,15 @@ def select(path: str, node: Mapping, registry: Registry | None = None) -> tuple[
             path, plain(node), f"must be a config with {TARGET}", "module.Class of the component"
         )
     target = node[TARGET]
-    return str(target), import_target(path, target)
+    component = import_target(path, target)
+    if base is not None and not (inspect.isclass(component) and issubclass(component, base)):
+        raise ConfigError(
+            f"{path}.{TARGET}",
+            target,
+            f"is not a {base.__module__}.{base.__qualname__}",
+            f"a subclass of {base.__qualname__}",
+        )
+    return str(target), component
 
 
 # --- option types from the signature --------------------------------------------------------
@@ -155,15 +167,22 @@ def _selects(value: Any) -> bool:
     return isinstance(value, Mapping | DictConfig) and (TARGET in value)
 
 
-def build(path: str, node: Mapping, registry: Registry | None = None, **extra: Any) -> Any:
+def build(
+    path: str,
+    node: Mapping,
+    registry: Registry | None = None,
+    base: type | None = None,
+    **extra: Any,
+) -> Any:
     """The component the node at `path` selects, built with its options (module docstring).
-    `extra` are arguments the pipeline supplies (an optimizer's parameters, say)."""
-    label, component = select(path, node, registry)
+    `base`: what a `_target_` must subclass, here and in nested nodes; `extra` are arguments
+    the pipeline supplies."""
+    label, component = select(path, node, registry, base)
     marker = NAME if registry is not None else TARGET
     options = {k: v for k, v in node.items() if k not in (marker, PARTIAL)}
     options = check_options(path, label, component, options)
     built = {
-        key: build_nested(f"{path}.{key}", value) if _is_nested(value) else value
+        key: build_nested(f"{path}.{key}", value, base) if _is_nested(value) else value
         for key, value in options.items()
     }
     return call(path, label, component, {**built, **extra})
@@ -175,11 +194,13 @@ def _is_nested(value: Any) -> bool:
     return isinstance(value, Mapping) and any(_selects(v) for v in value.values())
 
 
-def build_nested(path: str, value: Mapping) -> Any:
+def build_nested(path: str, value: Mapping, base: type | None = None) -> Any:
     """A component node, or a mapping of them (a combination's named parts)."""
     if _selects(value):
-        return build(path, value)
-    return {str(k): build(f"{path}.{k}", v) if _selects(v) else v for k, v in value.items()}
+        return build(path, value, base=base)
+    return {
+        str(k): build(f"{path}.{k}", v, base=base) if _selects(v) else v for k, v in value.items()
+    }
 
 
 def call(path: str, label: str, component: Callable, arguments: Mapping[str, Any]) -> Any:

@@ -16,7 +16,7 @@ select (`components.py`). Values live in the YAML files only: these fields have 
 
 from __future__ import annotations
 
-from dataclasses import MISSING as NO_DEFAULT
+import typing
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
@@ -31,7 +31,6 @@ from sparsenet.config.checks import (
     Integer,
     Number,
     Schema,
-    Text,
     describe_type,
     setting,
 )
@@ -115,7 +114,26 @@ class StagesCheck(Check):
                 raise ConfigError(
                     key, list(value), f"names '{name}', not a stage", ", ".join(STAGE_NAMES)
                 )
+        repeated = sorted({name for name in value if list(value).count(name) > 1})
+        if repeated:  # metrics, checkpoints and the summary key each stage by its name
+            raise ConfigError(
+                key, list(value), f"names {repeated[0]} twice", "each stage at most once"
+            )
         return tuple(value)
+
+
+@dataclass(frozen=True)
+class FolderName(Check):
+    """One folder level under outputs/runs/ or outputs/sweeps/ (it must not climb out)."""
+
+    optional: bool = False
+    allowed: str = "a non-empty folder name of letters, digits, '.', '_', '-' (not . or ..)"
+
+    def check(self, key: str, value: Any) -> str:
+        ok = isinstance(value, str) and value not in ("", ".", "..")
+        if not ok or not all(c.isalnum() or c in "._-" for c in value):
+            raise ConfigError(key, value, "is not a folder name", self.allowed)
+        return value
 
 
 @dataclass
@@ -124,18 +142,14 @@ class RunKeys(Schema):
 
     seed: int = setting(Integer(low=0))
     stages: list[str] = setting(StagesCheck())
-    name: str = setting(Text())
+    name: str = setting(FolderName())
     resume: bool = setting(Boolean())
 
 
 @dataclass
-class RunConfig:
-    """The whole config's shape: the run's keys and one node per config group."""
+class RunConfig(RunKeys):
+    """The whole config's shape: the run's keys (RunKeys) and one node per config group."""
 
-    seed: int = MISSING
-    stages: list[str] = MISSING
-    name: str = MISSING
-    resume: bool = MISSING
     dataset: Any = MISSING
     model: Any = MISSING
     regularizer: Any = MISSING
@@ -185,13 +199,18 @@ def to_settings(schema: type, node: DictConfig | dict, path: str) -> Any:
 
 
 def _field_check(error: OmegaConfBaseException) -> tuple[Check | None, Any]:
+    """The schema field the error is about: (its check, its annotated type)."""
     parent = getattr(error, "parent_node", None)
     owner = getattr(getattr(parent, "_metadata", None), "object_type", None)
     if owner is None or not is_dataclass(owner):
         return None, None
+    try:
+        hints = typing.get_type_hints(owner)
+    except Exception:  # noqa: BLE001 - a plugin's schema whose annotations do not resolve
+        hints = {}
     for f in fields(owner):
         if f.name == str(getattr(error, "key", "")):
-            return f.metadata.get("check"), f
+            return f.metadata.get("check"), hints.get(f.name, f.type)
     return None, None
 
 
@@ -211,11 +230,10 @@ def composition_error(error: OmegaConfBaseException, path: str = "") -> ConfigEr
         )
         return ConfigError(key, ConfigError.NO_VALUE, "is not a config key", allowed)
     if isinstance(error, ValidationError):
-        check, found = _field_check(error)
+        check, hint = _field_check(error)
         if check is not None:
             return ConfigError(key, error.value, f"must be {check.text()}")
-        hint = found.type if found is not None and found.default is NO_DEFAULT else None
-        what = describe_type(hint) if hint is not None else str(error.ref_type_str or "")
-        return ConfigError(key, error.value, f"must be {what or 'of another type'}")
+        what = describe_type(hint) if hint is not None else "of another type"
+        return ConfigError(key, error.value, f"must be {what}")
     reason = getattr(error, "msg", None) or type(error).__name__
     return ConfigError(key, ConfigError.NO_VALUE, " ".join(str(reason).split()))

@@ -12,11 +12,16 @@ the builder found.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+import torch
 from torch import Generator, Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from sparsenet._registry import Registry
 from sparsenet.errors import ConfigError, UserInputError
@@ -44,6 +49,40 @@ class DataNotFoundError(UserInputError, FileNotFoundError):
 class DataCorruptError(UserInputError, ValueError):
     """A data file or folder is there but unusable (a truncated or corrupt IDX file, an empty
     class folder, an image that does not decode); the message names it."""
+
+
+def _identity(dataset: Dataset, digest) -> None:
+    """Feed what `dataset` serves into `digest`: the tensors of an in-memory dataset, the
+    indices of a subset, the files (relative path, size, mtime) of an image folder."""
+    if isinstance(dataset, TensorDataset):
+        for tensor in dataset.tensors:
+            digest.update(str((tensor.dtype, tuple(tensor.shape))).encode())
+            digest.update(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(dataset, Subset):
+        digest.update(repr(list(dataset.indices)).encode())
+        _identity(dataset.dataset, digest)
+    elif hasattr(dataset, "samples"):  # ImageFolder
+        root = Path(str(getattr(dataset, "root", "")))
+        for path, label in dataset.samples:
+            stat = Path(path).stat()
+            rel = os.path.relpath(path, root) if root else path
+            digest.update(f"{rel}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    elif hasattr(dataset, "data") and hasattr(dataset, "targets"):  # torchvision arrays
+        digest.update(np.ascontiguousarray(dataset.data).tobytes())
+        digest.update(repr(list(dataset.targets)).encode())
+    else:
+        digest.update(f"{type(dataset).__name__}:{len(dataset)}".encode())
+
+
+def data_fingerprint(data: DataSplits) -> str:
+    """The identity of the data a run trains and tests on (not where it lies): a run is
+    reused only on the same data, so a changed `dataset.root` or edited files mean another
+    run (sparsenet/pipeline/run.py)."""
+    digest = hashlib.blake2b(digest_size=12)
+    for split in (data.train, data.test):
+        _identity(split, digest)
+        digest.update(b"|split|")
+    return digest.hexdigest()
 
 
 def build_datasets(name: str, **options) -> DataSplits:
@@ -77,6 +116,7 @@ __all__ = [
     "DataSplits",
     "build_datasets",
     "check_matches_config",
+    "data_fingerprint",
     "list_datasets",
     "register_dataset",
 ]

@@ -122,6 +122,14 @@ def _build(
     mean, std = STATS[name]
     train = cls(root, train=True, download=False)
     test = cls(root, train=False, download=False)
+    classes = len(cls.classes)
+    for split, labels_file in ((train, RAW_FILES[1]), (test, RAW_FILES[3])):
+        low, high = int(split.targets.min()), int(split.targets.max())
+        if low < 0 or high >= classes:  # would fail mid-training as an IndexError
+            raise DataCorruptError(
+                f"{dataset}: {Path(root) / name / 'raw' / labels_file} holds label "
+                f"{high if high >= classes else low}, outside 0..{classes - 1}; {REPLACE_HINT}"
+            )
     n_train = check_subset(train_subset, len(train), "train_subset")
     n_test = check_subset(test_subset, len(test), "test_subset")
     return DataSplits(

@@ -4,10 +4,15 @@ resolved config and continues unfinished ones from their last checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
+import os
 import random
-from collections.abc import Iterable
+import socket
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from sparsenet.config.schema import hashed_when_changed
 from sparsenet.errors import CheckpointError
-from sparsenet.runtime import atomic_torch_save, safe_torch_load
+from sparsenet.runtime import atomic_torch_save, atomic_write_bytes, safe_torch_load
 
 # Overrides that change where data is read or how progress is shown, or only describe the run
 # (`reference`: the paper figures a bundle is held against), not what a run computes.
 # `train.distributed` says whether to use the launcher's processes; like their number, which is
 # no config key, it does not change what is computed (a run may resume on another count).
+log = logging.getLogger(__name__)
+
 IGNORED_KEYS = (
     "dataset.root",
     "dataset.download",
@@ -100,6 +107,61 @@ def describe_failure(metrics: dict) -> str | None:
 
 
 CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `<run_dir>/.lock` (an exclusive flock) while a run reads and writes its folder.
+
+    Two processes on one run folder (the same command twice, or a launcher's orphaned worker
+    still finishing after its sweep was killed) would otherwise race on the checkpoint and
+    metrics: the second waits for the first, then finds its results (or its checkpoint).
+    The lock dies with its process, so a killed run never leaves the folder locked."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            log.warning("waiting for %s, which is running in %s", holder, run_dir)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+HYDRA_RECORD = ".hydra"  # Hydra's copy of the job's config (hydra.output_subdir)
+KEPT_RECORD = "results"  # <run>/.hydra/results/: the record of the results on disk
+RECORD_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+def keep_hydra_record(run_dir: Path) -> None:
+    """Keep the config record of the results just written (Hydra rewrites .hydra/ at every
+    start, even of a run that is then skipped or refused)."""
+    source = run_dir / HYDRA_RECORD
+    if not source.is_dir():
+        return
+    kept = source / KEPT_RECORD
+    kept.mkdir(exist_ok=True)
+    for name in RECORD_FILES:
+        if (source / name).is_file():
+            atomic_write_bytes(kept / name, (source / name).read_bytes())
+
+
+def restore_hydra_record(run_dir: Path) -> None:
+    """Put back the record of the results on disk over what this invocation's Hydra wrote,
+    so a skipped or refused run's .hydra/ never disagrees with its metrics.json."""
+    kept = run_dir / HYDRA_RECORD / KEPT_RECORD
+    for name in RECORD_FILES:
+        if (kept / name).is_file():
+            atomic_write_bytes(run_dir / HYDRA_RECORD / name, (kept / name).read_bytes())
 
 
 def rng_state() -> dict:
@@ -140,7 +202,7 @@ def load_checkpoint(run_dir: Path, expected_hash: str) -> dict | None:
     except CheckpointError:
         raise
     except Exception as error:  # noqa: BLE001 - a damaged checkpoint means: start over
-        print(f"ignoring unreadable checkpoint {path}: {error}")
+        log.warning("ignoring unreadable checkpoint %s: %s", path, error)
         return None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a sparsenet checkpoint (not a dict of states)")

@@ -12,6 +12,7 @@ decision goes to all) and writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -22,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from sparsenet.checkpoint import narrow_to_spec, save_pruned
-from sparsenet.data import check_matches_config
+from sparsenet.data import check_matches_config, data_fingerprint
 from sparsenet.data.loaders import make_loader
 from sparsenet.errors import ConfigError, OutputError, RunDiverged, UserInputError
 from sparsenet.measure import dense_layer_units, describe_model, measure_latency_ms
@@ -34,7 +35,10 @@ from sparsenet.pipeline.resume import (
     completed_metrics,
     config_hash,
     describe_failure,
+    keep_hydra_record,
     load_checkpoint,
+    restore_hydra_record,
+    run_folder_lock,
     set_rng_state,
 )
 from sparsenet.pipeline.settings import RunSettings, check_regularizer_fits, parse_config
@@ -137,7 +141,8 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
         ranks = distributed.detect(train.distributed)
         distributed.check_settings(ranks, train.batch_size, train.sync_batchnorm, train.device)
         device = distributed.rank_device(ranks, train.device)
-        with distributed.process_group(ranks, device):
+        lock = run_folder_lock(run_dir) if ranks.is_main else contextlib.nullcontext()
+        with lock, distributed.process_group(ranks, device):
             metrics = _run(settings, run_dir, ranks)
             distributed.barrier()  # the outputs are written when any process returns
             return metrics
@@ -158,25 +163,41 @@ def _record_error(run_dir: Path, error: UserInputError) -> None:
 
 
 def _run(settings: RunSettings, run_dir: Path, ranks: Ranks) -> dict:
+    """A run's identity is its config (hash) and its data (fingerprint): the data is read
+    first, so results are reused only on the same data wherever it lies."""
     chash = config_hash(settings.config)
+    ctx = build_context(settings, run_dir, ranks)
+    fingerprint = data_fingerprint(ctx.data)
 
     def find_previous() -> tuple[dict | None, dict | None]:
-        previous = _previous_run(run_dir / METRICS_FILE, chash, settings.resume)
+        previous = _previous_run(run_dir / METRICS_FILE, chash, fingerprint, settings.resume)
         if previous is not None:
             return previous, None
-        return None, load_checkpoint(run_dir, chash) if settings.resume else None
+        if not settings.resume:
+            return None, None
+        checkpoint = load_checkpoint(run_dir, chash)
+        if (
+            checkpoint is not None
+            and checkpoint.get("data_fingerprint", fingerprint) != fingerprint
+        ):
+            log.warning("ignoring %s: it was made on other data", run_dir / CHECKPOINT_FILE)
+            return None, None
+        return None, checkpoint
 
     # Rank 0 reads the folder; every process gets its decision and the same checkpoint.
     previous, checkpoint = distributed.from_main(ranks, find_previous)
     if previous is not None:
+        if ranks.is_main:
+            restore_hydra_record(run_dir)
         return previous
-    ctx = build_context(settings, run_dir, ranks)
     ctx.config_hash = chash
+    ctx.data_fingerprint = fingerprint
     dense_units = dense_layer_units(ctx.model)
     first_stage = _restore(ctx, checkpoint) if checkpoint else 0
     metrics: dict = {
         "status": "running",
         "config_hash": chash,
+        "data_fingerprint": fingerprint,
         "config": settings.config,
         "regularizer": ctx.regularizer.describe(),
         "device": str(ctx.device),
@@ -188,12 +209,15 @@ def _run(settings: RunSettings, run_dir: Path, ranks: Ranks) -> dict:
         if index < first_stage:
             continue
         ctx.stage_index = index
-        start = time.perf_counter()
+        resumed = checkpoint is not None and index == checkpoint["stage_index"]
+        # A resumed stage adds the time its earlier processes spent (paper A compares times).
+        ctx.stage_wall_before = float(checkpoint.get("stage_wall_s", 0.0)) if resumed else 0.0
+        ctx.stage_started = time.perf_counter()
         try:
             extra = STAGES[name](ctx)
         except RunDiverged as diverged:
             return _record_failure(ctx, metrics, diverged)
-        wall = time.perf_counter() - start
+        wall = ctx.stage_wall_s()
         metrics["stages"][name] = {**_measure(ctx, dense_units), "wall_s": round(wall, 3), **extra}
         if ranks.is_main:
             atomic_write_json(run_dir / METRICS_FILE, metrics)
@@ -215,6 +239,7 @@ def _run(settings: RunSettings, run_dir: Path, ranks: Ranks) -> dict:
     )
     atomic_write_json(run_dir / METRICS_FILE, metrics)
     (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # model/ now holds the result
+    keep_hydra_record(run_dir)
     return metrics
 
 
@@ -236,6 +261,7 @@ def _record_failure(ctx: RunContext, metrics: dict, diverged: RunDiverged) -> di
         )
     atomic_write_json(ctx.run_dir / METRICS_FILE, metrics)
     (ctx.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    keep_hydra_record(ctx.run_dir)
     log.error("run failed: %s -> %s", describe_failure(metrics), ctx.run_dir / METRICS_FILE)
     return metrics
 
@@ -259,24 +285,34 @@ def _restore(ctx: RunContext, checkpoint: dict) -> int:
     return stage
 
 
-def _previous_run(metrics_file: Path, chash: str, resume: bool) -> dict | None:
+def _previous_run(metrics_file: Path, chash: str, fingerprint: str, resume: bool) -> dict | None:
     """The completed metrics to return instead of running again, if any.
 
-    A folder that holds another config's run (the YAML defaults changed since, say) is not
-    overwritten unless resume=false."""
+    A folder that holds another config's run (the YAML defaults changed since, say), or a run
+    on other data (another dataset.root, edited files), is not overwritten unless
+    resume=false. Runs recorded before data fingerprints existed match any data."""
     if not resume or not metrics_file.is_file():
         return None
+    try:
+        recorded = json.loads(metrics_file.read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    recorded = recorded if isinstance(recorded, dict) else {}
+    other_data = recorded.get("data_fingerprint")
+    if other_data is not None and other_data != fingerprint:
+        restore_hydra_record(metrics_file.parent)
+        raise ConfigError(
+            f"{metrics_file.parent} holds a run on other data (fingerprint {other_data}, this "
+            f"data {fingerprint}: dataset.root or its files changed); choose a new folder with "
+            "name=... or run it again on this data with resume=false"
+        )
     done = completed_metrics(metrics_file, chash)
     if done is not None:
         log.info(
             "already completed with this config: %s (resume=false runs it again)", metrics_file
         )
         return done
-    try:
-        recorded = json.loads(metrics_file.read_text())
-    except (OSError, ValueError):
-        recorded = {}
-    other = recorded.get("config_hash") if isinstance(recorded, dict) else None
+    other = recorded.get("config_hash")
     if other == chash and recorded.get("status") == "failed":
         log.info(
             "already failed with this config (%s): %s (resume=false runs it again)",
@@ -285,6 +321,7 @@ def _previous_run(metrics_file: Path, chash: str, resume: bool) -> dict | None:
         )
         return recorded
     if other is not None and other != chash:
+        restore_hydra_record(metrics_file.parent)
         raise ConfigError(
             f"{metrics_file.parent} holds a run of another config (hash {other}, this one "
             f"{chash}); choose a new folder with name=... or overwrite it with resume=false"

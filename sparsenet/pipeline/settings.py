@@ -13,7 +13,7 @@ what needs the data (train_subset within the split) by the dataset builders, bef
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,7 +135,7 @@ def _resolved(cfg: DictConfig) -> dict:
 def parse_optimizer(path: str, node: Any, lr_key: str, lr: Any = None) -> OptimizerSpec:
     """The optimizer config at `path`; `lr` (given at `lr_key`) overrides the node's own."""
     node = as_dict(node)
-    label, factory = select_component(path, node)
+    label, factory = select_component(path, node, base=torch.optim.Optimizer)
     options = {k: v for k, v in node.items() if k not in (TARGET, PARTIAL)}
     options = check_options(path, label, factory, options)
     own_lr = options.pop("lr", None)
@@ -163,15 +163,7 @@ def _builder_options(path: str, node: dict, registry, config_keys=()) -> tuple[s
 
 
 def parse_regularizer(node: Any) -> Regularizer:
-    regularizer = build("regularizer", as_dict(node))
-    if not isinstance(regularizer, Regularizer):
-        raise ConfigError(
-            f"regularizer.{TARGET}",
-            as_dict(node).get(TARGET),
-            "is not a Regularizer",
-            "the classes in sparsenet.regularizers",
-        )
-    return regularizer
+    return build("regularizer", as_dict(node), base=Regularizer)
 
 
 def parse_config(cfg: DictConfig) -> RunSettings:
@@ -225,6 +217,21 @@ def _parse_dataset(node: Any) -> DatasetSpec:
         for key, check in DATASET_KEYS.items()
     }
     return DatasetSpec("dataset", name, builder, options, **declared)
+
+
+STAGE_GROUPS = {"prune": "prune", "finetune": "finetune"}  # stage -> the group only it reads
+
+
+def unused_stage_overrides(stages: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """Overrides of a group whose stage is not run (`stages=[train] finetune.epochs=5`):
+    they change nothing, which the user should hear about."""
+    unused = []
+    for override in overrides:
+        key = str(override).split("=", 1)[0].lstrip("+~")
+        group = key.split(".", 1)[0].split("/", 1)[0]
+        if group in STAGE_GROUPS and STAGE_GROUPS[group] not in stages:
+            unused.append(str(override))
+    return unused
 
 
 # --- the regularizer against the model ------------------------------------------------------

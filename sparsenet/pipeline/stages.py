@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,19 @@ class RunContext:
     regularizer: Regularizer
     history: list[dict] = field(default_factory=list)
     config_hash: str = ""
+    data_fingerprint: str = ""  # sparsenet.data.data_fingerprint of the run's data
     stage_index: int = 0  # position in settings.stages of the stage running now
     stage_metrics: dict = field(default_factory=dict)  # figures of the stages already done
     resume_state: dict | None = None  # a checkpoint to continue the current stage from
     train_eval_loader: Any = None  # the training split in order, for report.train_accuracy
     ranks: Ranks = field(default_factory=Ranks)  # this process's place in a data-parallel run
+    # Wall time of the current stage: seconds spent in earlier processes (a resumed stage)
+    # plus this process's since `stage_started` (time.perf_counter()).
+    stage_wall_before: float = 0.0
+    stage_started: float = field(default_factory=time.perf_counter)
+
+    def stage_wall_s(self) -> float:
+        return self.stage_wall_before + (time.perf_counter() - self.stage_started)
 
     def save_checkpoint(self, stage_index: int, stage_epoch: int, **training_state) -> None:
         """Everything needed to continue after `stage_epoch` epochs of stage `stage_index`
@@ -60,6 +69,7 @@ class RunContext:
             self.run_dir,
             {
                 "config_hash": self.config_hash,
+                "data_fingerprint": self.data_fingerprint,
                 "stage_index": stage_index,
                 "stage_epoch": stage_epoch,
                 "loader_epoch": getattr(self.train_loader, "epoch", 0),
@@ -68,6 +78,8 @@ class RunContext:
                 "rng": rng_state(),
                 "history": self.history,
                 "stages": self.stage_metrics,
+                # the stage's wall time so far (0 for a stage not started yet)
+                "stage_wall_s": self.stage_wall_s() if stage_index == self.stage_index else 0.0,
                 **{k: v.state_dict() for k, v in training_state.items()},
             },
         )

@@ -30,7 +30,7 @@ def _build(name: str, part) -> Regularizer:
     if isinstance(part, Mapping) and "_target_" in part:
         from sparsenet.config.components import build
 
-        return build(f"parts.{name}", part)
+        return build(f"parts.{name}", part, base=Regularizer)
     raise ConfigError(
         f"parts.{name}", part, "is not a regularizer config", "a config with _target_"
     )
