@@ -73,7 +73,12 @@ def user_error_message(error: BaseException) -> str | None:
         group, _, choice = str(error.missing_cfg_file).rpartition("/")
         return f"{group}={choice} is not a choice of {group}; allowed: {', '.join(error.options)}"
     if isinstance(error, OverrideParseException):
-        return f"cannot parse the override {error.override!r}: {_one_line(error.message)}"
+        line = f"cannot parse the override {error.override!r}: {_one_line(error.message)}"
+        key, _, value = str(error.override or "").partition("=")
+        if value and ("=" in value or "," in value) and not value.startswith(("'", '"')):
+            # a run folder's path holds '=' and ',' (its name comes from overrides)
+            line += f"; quote a value with '=' or ',' in it: '{key}=\"{value}\"'"
+        return line
     if isinstance(error, ConfigCompositionException):
         cause = error.__cause__
         key = getattr(cause, "full_key", None)

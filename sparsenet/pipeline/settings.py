@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ from sparsenet.config.schema import (
 from sparsenet.data import DATASETS
 from sparsenet.errors import ConfigError
 from sparsenet.models import MODELS
+from sparsenet.pipeline.initial_weights import apply_init, resolve_init
 from sparsenet.pipeline.schedules import SCHEDULES, Schedule
 from sparsenet.pruning.criteria import PruneSettings
 from sparsenet.regularizers.base import Regularizer, regularizable_layers
@@ -68,6 +70,16 @@ class BuilderSpec:
 
     def as_config(self) -> dict:
         return {"name": self.name, **self.options}
+
+
+@dataclass(frozen=True)
+class ModelSpec(BuilderSpec):
+    """The model's builder and options, and the weights it starts from (`model.init`)."""
+
+    init: Path | None = None
+
+    def build(self, **extra: Any) -> Any:
+        return apply_init(super().build(**extra), self.init, self.as_config())
 
 
 @dataclass(frozen=True)
@@ -120,7 +132,7 @@ class RunSettings:
     optimizer: OptimizerSpec
     scheduler: Schedule
     regularizer: Regularizer
-    model: BuilderSpec
+    model: ModelSpec
     dataset: DatasetSpec
     config: dict  # the resolved config, as recorded in metrics.json
 
@@ -180,7 +192,12 @@ def parse_config(cfg: DictConfig) -> RunSettings:
     finetune = _parse_finetune(resolved["finetune"], resolved["optimizer"])
     scheduler = build("scheduler", as_dict(resolved["scheduler"]), SCHEDULES)
     regularizer = parse_regularizer(resolved["regularizer"])
-    model = BuilderSpec("model", *_builder_options("model", as_dict(resolved["model"]), MODELS))
+    model_node = as_dict(resolved["model"])
+    model = ModelSpec(
+        "model",
+        *_builder_options("model", model_node, MODELS, ("init",)),
+        init=resolve_init(model_node.get("init")),
+    )
     dataset = _parse_dataset(resolved["dataset"])
     return RunSettings(
         seed=keys.seed,
