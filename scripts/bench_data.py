@@ -1,6 +1,6 @@
 """CIFAR-10 ResNet-20 training throughput by data path, in one process (issue 20).
 
-    python scripts/bench_data.py [--root DIR] [--blocks 10] [--steps 20] [--warmup 4]
+    python scripts/bench_data.py [--root DIR] [--blocks 30] [--steps 5] [--warmup 2]
                                  [--batch 128] [--out scripts/results]
 
 DIR defaults to $SPARSENET_DATA/cifar10-jpeg (else ../shared/data/cifar10-jpeg): the JPEG
@@ -15,13 +15,15 @@ step:
              and normalised to float32 afterwards
   pil        dataset.cache=false, the path before issue 20: ImageFolder, per-sample PIL
              RandomCrop + flip + ToTensor + Normalize in 2 DataLoader workers
-Blocks: each block runs `warmup` untimed steps (they also drain the batches the DataLoader's
-workers prefetched while the other variants ran) then `steps` timed steps of every variant;
-the order rotates from block to block. A block's figure is its median step time (a burst of
-other work slows a few steps, not the median). Reported: samples/s = batch / that time,
-median and range over blocks, and the median over blocks of the ratio to the bare loop of
-the same block (timings on this shared 2-core machine vary by 10-30% from minute to minute,
-and far more when other jobs run; the ratio within a block is the steadier figure).
+Blocks: each block runs `warmup` untimed steps then `steps` timed steps of every variant,
+the order rotating from block to block. Short blocks keep the variants side by side in time,
+so bursts of other jobs on this shared machine hit them alike. The pil variant's workers
+stay ahead of the training (4 batches prefetched), so in its timed steps, as in a real run,
+they decode the batches that refill the queue while the model trains; the warm-up steps
+absorb what they still decode after its turn. A block's figure is its median step time.
+Reported: samples/s = batch / that time, median and range over blocks, and the median over
+blocks of the ratio to the bare loop of the same block (the steadier figure: timings here
+vary by 10-30% from minute to minute, far more when other jobs run).
 Target: cached >= 0.90x bare.
 
 CPU ms / sample: CPU time (user + system) of this process and of the DataLoader's workers
@@ -266,9 +268,9 @@ def _markdown(meta: dict, rows: list[dict], extra: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=DATA / "cifar10-jpeg")
-    parser.add_argument("--blocks", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--blocks", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--out", type=Path, default=REPO / "scripts" / "results")
     parser.add_argument(
