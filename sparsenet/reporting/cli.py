@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sparsenet.reporting.export import FORMATS, format_markdown, write_summary
+from sparsenet.errors import OutputError
+from sparsenet.reporting.export import FORMATS, ensure_writable, format_markdown, write_summary
 from sparsenet.reporting.runs import find_runs, load_run, select_runs
 from sparsenet.reporting.summary import build_summary, select_metrics
 
@@ -122,12 +123,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "print" in formats:
         print(format_markdown(summary), end="")
     files = [f for f in formats if f != "print"]
-    written = write_summary(summary, out, files) if files else []
-    if args.plot:
-        chosen = select_runs(runs, args.runs, root)
-        if not chosen:
-            parser.error(f"no completed run matches --runs {' '.join(args.runs)}")
-        written += _plots(args.plot, summary, chosen, out, root, parser)
+    try:  # a folder that cannot be written: one line, exit 2, earlier files left as they were
+        if files or args.plot:
+            ensure_writable(out)
+        written = write_summary(summary, out, files) if files else []
+        if args.plot:
+            chosen = select_runs(runs, args.runs, root)
+            if not chosen:
+                parser.error(f"no completed run matches --runs {' '.join(args.runs)}")
+            written += _plots(args.plot, summary, chosen, out, root, parser)
+    except OutputError as error:  # not a misuse of the command: no usage lines
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -4,17 +4,23 @@ summary.csv holds the table as computed: one row per configuration, `m` and `m_s
 summary.md and summary.tex hold one table per stage (the keys and `seeds` repeated in each,
 the stage prefix dropped from the column names), cells as "mean ± std" rounded per metric.
 Failed or unfinished runs go to failed.csv and to a section of summary.md. Every file is
-written atomically (a reader never sees half a file).
+written atomically (a reader never sees half a file), after all of them are rendered; a folder
+that cannot be written (read-only, not creatable, full disk) is found by `ensure_writable`
+before any file in it is replaced, and is one OutputError naming the folder and the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from sparsenet.errors import OutputError
 from sparsenet.reporting.summary import COUNT, STD, Summary
 from sparsenet.runtime import atomic_write_bytes
 
@@ -146,6 +152,32 @@ def format_latex(summary: Summary) -> str:
     return "\n".join(parts)
 
 
+def ensure_writable(folder: str | Path) -> None:
+    """Create `folder` if needed and write (and flush to disk, then remove) a small file in
+    it, so that a folder that cannot be created, is read-only or sits on a full disk fails
+    here, before any earlier file in it is replaced: OutputError naming it and the reason."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"cannot write to {folder}: not a folder")
+    probe = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".sparsenet-probe.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"sparsenet: can this folder be written?\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OutputError(
+            f"cannot write to {folder}: {reason}; files already there are unchanged"
+        ) from error
+    finally:
+        if probe is not None:
+            with contextlib.suppress(OSError):
+                Path(probe).unlink(missing_ok=True)
+
+
 def write_summary(
     summary: Summary, folder: str | Path, formats: Sequence[str] = FORMATS
 ) -> list[Path]:
@@ -154,7 +186,7 @@ def write_summary(
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; allowed: {', '.join(FORMATS)}")
-    written = []
+    files = {}
     for fmt in formats:
         if fmt == "csv":
             data = summary.table.to_csv(index=False)
@@ -162,13 +194,16 @@ def write_summary(
             data = format_markdown(summary)
         else:
             data = format_latex(summary)
-        path = folder / f"{SUMMARY}.{fmt}"
-        atomic_write_bytes(path, data.encode())
-        written.append(path)
+        files[folder / f"{SUMMARY}.{fmt}"] = data.encode()
     failed = folder / FAILED
     if len(summary.failed):
-        atomic_write_bytes(failed, summary.failed.to_csv(index=False).encode())
-        written.append(failed)
-    else:
-        failed.unlink(missing_ok=True)  # a stale list from an earlier summary of this folder
-    return written
+        files[failed] = summary.failed.to_csv(index=False).encode()
+    ensure_writable(folder)
+    for path, data in files.items():
+        atomic_write_bytes(path, data)
+    if failed not in files:
+        try:
+            failed.unlink(missing_ok=True)  # a stale list from an earlier summary of this folder
+        except OSError as error:
+            raise OutputError(f"cannot remove {failed}: {error.strerror or error}") from error
+    return list(files)

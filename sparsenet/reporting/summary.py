@@ -20,19 +20,24 @@ With a baseline run B (say, the dense network), per run r, on the final stages:
 Runs are grouped by the grouping keys (by default the swept keys without `seed`); each metric
 column `m` becomes `m` (mean over the group) and `m_std` (sample standard deviation, n - 1 in
 the denominator; empty for a single run), and `seeds` counts the runs of the group.
+
+Only runs whose metrics.json passed `runs.check_metrics` count as completed. A completed run
+whose row still cannot be built, or holds a value that is not a finite number (a hand-made
+Run, a figure not checked there), goes to the failed runs with the reason, never into a mean.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
-from sparsenet.pipeline.resume import describe_failure
-from sparsenet.reporting.runs import Run, swept_keys
+from sparsenet.reporting.runs import METRICS_FILE, Run, one_line, swept_keys
 
 FOLDED = ("seed",)
 COUNT = "seeds"
@@ -40,6 +45,7 @@ STD = "_std"
 BASELINE = "vs_baseline"
 STAGE_METRICS = ("test_acc", "params", "params_pct", "macs", "macs_pct", "weight_sparsity")
 TIME_METRICS = ("wall_s", "latency_ms")
+REASON_WIDTH = 300  # characters of a failed run's reason (one line)
 
 
 @dataclass
@@ -100,17 +106,21 @@ def build_summary(
 ) -> Summary:
     """Group the completed runs into configurations; list the others in `failed`."""
     if baseline is not None and not baseline.completed:
-        raise ValueError(f"baseline {baseline.path} is not a completed run ({baseline.status})")
-    done = [r for r in runs if r.completed]
+        why = baseline.problem or f"status is '{baseline.status}', not completed"
+        raise ValueError(f"baseline {baseline.path} cannot be used: {why}")
+    checked, rows = [], []
+    for run in runs:
+        row, problem = _row(run, baseline) if run.completed else (None, None)
+        if problem is not None:
+            run = replace(run, problem=problem, invalid=True)
+        elif row is not None:
+            rows.append((run, row))
+        checked.append(run)
+    runs, done = checked, [run for run, _ in rows]
     if group_by is None:
         group_by = [k for k in swept_keys(done or runs) if k not in FOLDED]
     keys = list(group_by)
-    rows = []
-    for run in done:
-        row = {"run": run.label(root), **{k: run.setting(k) for k in keys}, **run_metrics(run)}
-        if baseline is not None:
-            row.update(baseline_metrics(run, baseline))
-        rows.append(row)
+    rows = [{"run": r.label(root), **{k: r.setting(k) for k in keys}, **row} for r, row in rows]
     records = pd.DataFrame(rows, columns=["run", *keys] if not rows else None)
     metrics = [c for c in records.columns if c not in ("run", *keys)]
     return Summary(
@@ -121,6 +131,29 @@ def build_summary(
         records=records,
         root=root,
     )
+
+
+def _row(run: Run, baseline: Run | None) -> tuple[dict | None, str | None]:
+    """The metric columns of a completed run, or why they cannot be built from it."""
+    try:
+        row = run_metrics(run)
+        if baseline is not None:
+            row.update(baseline_metrics(run, baseline))
+    except (ArithmeticError, AttributeError, KeyError, IndexError, TypeError, ValueError) as e:
+        return None, f"{METRICS_FILE}: cannot be summarized: {type(e).__name__}: {e}"
+    for column, value in row.items():
+        if not _is_number(value):
+            return None, f"{METRICS_FILE}: {column}={value!r} is not a finite number"
+    return row, None
+
+
+def _is_number(value: object) -> bool:
+    """A finite number; None (a figure a run does not have: an empty cell) passes too."""
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return math.isfinite(value)
 
 
 def _aggregate(records: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
@@ -139,7 +172,7 @@ def _aggregate(records: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd
         row = {k: group[k].iloc[0] for k in keys}
         row[COUNT] = len(group)
         for m in metrics:
-            values = pd.to_numeric(group[m], errors="coerce")
+            values = pd.to_numeric(group[m])  # numbers or missing (NaN): checked per run
             row[m] = values.mean()
             row[m + STD] = values.std(ddof=1) if values.count() > 1 else float("nan")
         rows.append(row)
@@ -166,7 +199,10 @@ def _sort_rows(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def failed_table(
     runs: Sequence[Run], keys: Sequence[str], root: Path | None = None
 ) -> pd.DataFrame:
-    """Runs that did not complete: folder, status, why, command-line overrides, grouping keys."""
+    """Runs that did not complete: folder, status, why (one line), command-line overrides,
+    grouping keys."""
+    from sparsenet.pipeline.resume import describe_failure  # (sparsenet.pipeline imports us)
+
     rows = []
     for run in runs:
         if run.completed:
@@ -182,7 +218,7 @@ def failed_table(
             {
                 "run": run.label(root),
                 "status": run.status,
-                "reason": str(reason),
+                "reason": one_line(reason, REASON_WIDTH),
                 "overrides": " ".join(f"{k}={v}" for k, v in run.overrides.items()),
                 **{k: run.setting(k) for k in keys},
             }
