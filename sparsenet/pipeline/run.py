@@ -43,6 +43,7 @@ from sparsenet.pipeline.resume import (
 )
 from sparsenet.pipeline.settings import RunSettings, check_regularizer_fits, parse_config
 from sparsenet.pipeline.stages import STAGES, RunContext
+from sparsenet.reporting.runs import METRICS_SCHEMA  # the format's version, beside its reader
 from sparsenet.runtime import (
     atomic_write_bytes,
     atomic_write_json,
@@ -195,6 +196,7 @@ def _run(settings: RunSettings, run_dir: Path, ranks: Ranks) -> dict:
     dense_units = dense_layer_units(ctx.model)
     first_stage = _restore(ctx, checkpoint) if checkpoint else 0
     metrics: dict = {
+        "schema": METRICS_SCHEMA,
         "status": "running",
         "config_hash": chash,
         "data_fingerprint": fingerprint,
