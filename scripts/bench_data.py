@@ -26,6 +26,11 @@ blocks of the ratio to the bare loop of the same block (the steadier figure: tim
 vary by 10-30% from minute to minute, far more when other jobs run).
 Target: cached >= 0.90x bare.
 
+Data share: the part of the step spent in next(loader) (median over blocks); for the cached
+paths that is all the work they add to a bare step (indexing, crop/flip), measured inside the
+same steps, so it is little blurred by other jobs. The pil workers' decoding runs beside the
+step instead (share near 0) and shows as slower steps and in the CPU figure.
+
 CPU ms / sample: CPU time (user + system) of this process and of the DataLoader's workers
 during the timed steps, per sample (median over blocks): the decoding the `pil` path does in
 its workers shows here even when other jobs on the machine blur the wall-clock figures.
@@ -89,17 +94,20 @@ def _worker_cpu_seconds(loader) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def _steps(model, optimizer, batches, n: int) -> list[float]:
-    """Seconds of each of n training steps (next batch, forward, backward, update)."""
-    times = []
+def _steps(model, optimizer, batches, n: int) -> tuple[list[float], list[float]]:
+    """Seconds of each of n training steps (next batch, forward, backward, update), and the
+    part of each spent getting the batch."""
+    times, data = [], []
     for _ in range(n):
         start = time.perf_counter()
         x, y = next(batches)
+        got = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
-    return times
+        data.append(got - start)
+    return times, data
 
 
 def bench_batch(cached, images_u8: torch.Tensor, batch: int, reps: int = 200) -> dict:
@@ -171,6 +179,7 @@ def bench_train(root: Path, blocks: int, steps: int, warmup: int, batch: int) ->
         copy_ = copy.deepcopy(model).train()
         runs[name] = (copy_, torch.optim.SGD(copy_.parameters(), lr=0.01, momentum=0.9))
     seconds = {name: [] for name in VARIANTS}
+    data_share = {name: [] for name in VARIANTS}  # share of the step spent in next(loader)
     cpu = {name: [] for name in VARIANTS}  # CPU seconds of this process and its workers
 
     def cpu_now() -> float:
@@ -183,8 +192,10 @@ def bench_train(root: Path, blocks: int, steps: int, warmup: int, batch: int) ->
             _steps(net, optimizer, loaders[name], warmup)
             start_cpu = cpu_now()
             # The block's median step: a burst of other work slows a few steps, not the median.
-            seconds[name].append(statistics.median(_steps(net, optimizer, loaders[name], steps)))
+            times, data = _steps(net, optimizer, loaders[name], steps)
             cpu[name].append(cpu_now() - start_cpu)
+            seconds[name].append(statistics.median(times))
+            data_share[name].append(sum(data) / sum(times))
         print({k: round(v[-1], 3) for k, v in seconds.items()}, flush=True)
     rows = []
     for name in VARIANTS:
@@ -199,6 +210,7 @@ def bench_train(root: Path, blocks: int, steps: int, warmup: int, batch: int) ->
                 "ratio_to_bare": round(statistics.median(ratios), 3),
                 "ratio_min": round(min(ratios), 3),
                 "ratio_max": round(max(ratios), 3),
+                "data_share": round(statistics.median(data_share[name]), 4),
                 "cpu_ms_per_sample": round(1e3 * statistics.median(cpu[name]) / (steps * batch), 3),
                 "target": 0.90 if name == "cached" else None,
             }
@@ -222,15 +234,15 @@ def _markdown(meta: dict, rows: list[dict], extra: dict) -> str:
         "## Training samples/s",
         "",
         "| variant | samples/s (median) | min | max | ratio to bare (median) | ratio range "
-        "| CPU ms / sample | target |",
-        "|---|---|---|---|---|---|---|---|",
+        "| data share | CPU ms / sample | target |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         target = "" if r["target"] is None else f">= {r['target']}"
         lines.append(
             f"| {r['variant']} | {r['samples_per_s']} | {r['min']} | {r['max']} | "
             f"{r['ratio_to_bare']} | {r['ratio_min']}-{r['ratio_max']} | "
-            f"{r['cpu_ms_per_sample']} | {target} |"
+            f"{r['data_share']} | {r['cpu_ms_per_sample']} | {target} |"
         )
     b = extra["batch_cost"]
     lines += [
@@ -251,8 +263,13 @@ def _markdown(meta: dict, rows: list[dict], extra: dict) -> str:
         "the same from uint8 storage, normalised per batch; pil: `dataset.cache=false`, "
         "ImageFolder + per-sample PIL transforms in 2 DataLoader workers.",
         "- a block's figure is its median step time; ratio to bare: bare's / the variant's "
-        "within the same block, median over blocks; samples/s vary more than the ratios because other jobs share the 2 cores (see "
-        "the load average above; 2 = both cores busy).",
+        "within the same block, median over blocks; samples/s vary more than the ratios "
+        "because other jobs share the 2 cores (see the load average above; 2 = both cores "
+        "busy).",
+        "- data share: part of each step spent in next(loader); for cached that is the whole "
+        "of its extra work over a bare step (indexing, crop/flip), measured within the same "
+        "steps. The pil workers decode beside the step (share near 0), which shows as slower "
+        "steps and more CPU.",
         "- CPU ms / sample: CPU time of this process and the DataLoader workers during the "
         "timed steps; the pil path's decoding in its workers is counted here.",
         "- Storage: the builder keeps float32 (614 MB train) because the evaluation loaders and "
