@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -64,26 +65,97 @@ def set_num_threads(requested: int | None = None) -> int:
     return int(requested)
 
 
+def new_file_mode() -> int:
+    """The permissions a plain `open(path, "w")` gives a new file: 0o666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux: /proc/self/status); elsewhere
+    os.umask is set and put back at once (another thread could create a file in between)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class _WriteRecorder:
+    """The file object handed to a writer: records the OSError of a failed write. torch's
+    zip writer turns that error into its own RuntimeError (`PytorchStreamWriter failed
+    writing file ...`, `unexpected pos ...`), or swallows it and fails later; the recorded
+    one gives the real reason (no space left on device, quota exceeded, I/O error)."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._file.flush()
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+
+# How torch's writer reports a failed write to its file: `[enforce fail at
+# inline_container.cc:NNN] . PytorchStreamWriter failed writing file data/0: file write failed`.
+_TORCH_WRITER_FAILURE = re.compile(r"PytorchStreamWriter|inline_container\.cc|file write failed")
+
+
+def _write_failure(error: BaseException, recorder: _WriteRecorder | None) -> str | None:
+    """Why writing the file failed, when `error` says the file could not be written (else
+    None: a bug or an interrupt, raised as it is)."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    if not isinstance(error, RuntimeError):
+        return None
+    if recorder is not None and recorder.error is not None:
+        return recorder.error.strerror or str(recorder.error)
+    if _TORCH_WRITER_FAILURE.search(str(error)):
+        return re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", " ".join(str(error).split()))
+    return None
+
+
 def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through `write` to a temporary file in the same folder, flush it to disk, then
     rename it over `path`: readers (and a run killed at any moment) see the old file or the
-    new one, never half of one. A failure (read-only folder, full disk) raises OutputError
-    naming the file and leaves its previous version in place."""
+    new one, never half of one. The new file gets the permissions a plain open() would give
+    it (0o666 & ~umask; mkstemp's are 0o600). A failure (read-only folder, full disk, torch's
+    writer failing on either) raises OutputError naming the file and the reason, removes the
+    temporary file and leaves the file's previous version in place."""
     path = Path(path)
     tmp = None
+    recorder = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            with contextlib.suppress(OSError):  # a filesystem without modes keeps its own
+                os.fchmod(f.fileno(), new_file_mode())
+            recorder = _WriteRecorder(f)
+            write(recorder)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as error:
         if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            reason = error.strerror or str(error)
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)
+        reason = _write_failure(error, recorder)
+        if reason is not None:
             raise OutputError(
                 f"cannot write {path}: {reason}; its previous version, if any, is unchanged"
             ) from error

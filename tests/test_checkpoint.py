@@ -146,7 +146,7 @@ def test_specs_written_before_folded_convs_still_load(tmp_path):
 
     spec["format"] = 99
     spec_path.write_text(json.dumps(spec))
-    with pytest.raises(ValueError, match="spec format 99 is newer"):
+    with pytest.raises(CheckpointError, match="spec format 99 is newer"):
         load_pruned(tmp_path)
 
 
