@@ -266,3 +266,26 @@ def test_a_busy_run_folder_makes_the_second_process_wait(tmp_path):
     assert order == ["first done", "second"]
     with open(run_dir / LOCK_FILE) as handle:  # released: anyone may take it now
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_checkpoint_the_run_cannot_use_is_set_aside_and_the_run_starts_over(
+    tmp_path, compose_cfg
+):
+    """A checkpoint of this config that lacks a key would crash every re-run: it is moved to
+    checkpoint.pt.bad (kept to inspect) and the run starts over and completes."""
+    import torch
+
+    from sparsenet.pipeline import run_experiment
+    from sparsenet.pipeline.resume import config_hash
+
+    overrides = ("experiment=smoke", "train.progress=false", "dataset.train_size=64")
+    cfg = compose_cfg(*overrides)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    from sparsenet.pipeline.settings import parse_config
+
+    chash = config_hash(parse_config(cfg).config)
+    torch.save({"config_hash": chash, "stage_index": 0}, run_dir / "checkpoint.pt")
+    metrics = run_experiment(cfg, run_dir)
+    assert metrics["status"] == "completed"
+    assert (run_dir / "checkpoint.pt.bad").is_file() and not (run_dir / "checkpoint.pt").exists()

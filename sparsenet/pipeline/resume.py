@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from sparsenet.checkpoint import check_run_checkpoint, set_aside_checkpoint
 from sparsenet.config.schema import hashed_when_changed
 from sparsenet.errors import CheckpointError
 from sparsenet.runtime import atomic_torch_save, atomic_write_bytes, safe_torch_load
@@ -190,10 +191,13 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     atomic_torch_save(state, Path(run_dir) / CHECKPOINT_FILE)
 
 
-def load_checkpoint(run_dir: Path, expected_hash: str) -> dict | None:
+def load_checkpoint(run_dir: Path, expected_hash: str, model=None) -> dict | None:
     """The run's last checkpoint if it belongs to this config, else None. Only tensors and
     plain containers are read (weights_only=True): a checkpoint cannot run code, and one
-    that tries is refused (CheckpointError) rather than silently replaced."""
+    that tries is refused (CheckpointError) rather than silently replaced. One that loads
+    but that the run could not continue from (a key missing, a shape that does not fit
+    `model`) is set aside as checkpoint.pt.bad and the run starts over, instead of failing
+    on it at every re-run."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
         return None
@@ -202,8 +206,15 @@ def load_checkpoint(run_dir: Path, expected_hash: str) -> dict | None:
     except CheckpointError:
         raise
     except Exception as error:  # noqa: BLE001 - a damaged checkpoint means: start over
-        log.warning("ignoring unreadable checkpoint %s: %s", path, error)
+        set_aside_checkpoint(path, f"unreadable ({error})")
         return None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a sparsenet checkpoint (not a dict of states)")
-    return state if state.get("config_hash") == expected_hash else None
+    if state.get("config_hash") != expected_hash:
+        return None
+    try:
+        check_run_checkpoint(state, path, model)
+    except CheckpointError as error:
+        set_aside_checkpoint(path, error)
+        return None
+    return state

@@ -176,7 +176,7 @@ def _run(settings: RunSettings, run_dir: Path, ranks: Ranks) -> dict:
             return previous, None
         if not settings.resume:
             return None, None
-        checkpoint = load_checkpoint(run_dir, chash)
+        checkpoint = load_checkpoint(run_dir, chash, ctx.model)
         if (
             checkpoint is not None
             and checkpoint.get("data_fingerprint", fingerprint) != fingerprint
