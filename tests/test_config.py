@@ -5,8 +5,7 @@ import torch
 from omegaconf import OmegaConf
 
 from sparsenet.cli import config_choices
-from sparsenet.models import get_model
-from sparsenet.pipeline.settings import parse_optimizer, parse_regularizer
+from sparsenet.pipeline.settings import parse_config, parse_optimizer, parse_regularizer
 
 
 def _choices(group: str) -> list[str]:
@@ -55,8 +54,7 @@ def test_dataset_configscompose_cfg(name, compose_cfg):
 @pytest.mark.parametrize("name", config_choices("model"))
 def test_model_configs_build_and_run(name, compose_cfg):
     cfg = compose_cfg(f"model={name}", "dataset=cifar10")
-    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    model = get_model(kwargs.pop("name"), **kwargs).eval()
+    model = parse_config(cfg).model.build().eval()
     with torch.no_grad():
         out = model(torch.randn(2, *cfg.dataset.input_shape))
     assert out.shape == (2, cfg.dataset.num_classes)

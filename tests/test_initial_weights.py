@@ -1,4 +1,4 @@
-"""`model.init`: a run starts from a state_dict file or from another run's saved network."""
+"""`model.weights`: a run starts from a state_dict file or from another run's saved network."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ def test_a_state_dict_file_is_the_starting_point(tmp_path, compose_cfg):
     torch.manual_seed(123)
     start = get_model("lenet5").state_dict()  # weights no run's seed would draw
     torch.save(start, tmp_path / "start.pt")
-    cfg = compose_cfg(*QUICK, "stages=[train]", "train.epochs=0", f"model.init={tmp_path}/start.pt")
+    cfg = compose_cfg(
+        *QUICK, "stages=[train]", "train.epochs=0", f"model.weights={tmp_path}/start.pt"
+    )
     metrics = run_experiment(cfg, tmp_path / "run")
     assert metrics["status"] == "completed"
     saved = _saved_state(tmp_path / "run")
@@ -43,7 +45,7 @@ def test_another_runs_network_is_the_starting_point(tmp_path, compose_cfg):
     assert first["status"] == "completed"
     # the first run's final network is pruned (narrower): the second starts from it as it is
     cfg = compose_cfg(
-        *QUICK, "stages=[train]", "train.epochs=0", f"model.init={tmp_path / 'first'}"
+        *QUICK, "stages=[train]", "train.epochs=0", f"model.weights={tmp_path / 'first'}"
     )
     second = run_experiment(cfg, tmp_path / "second")
     final = first["stages"]["finetune"]
@@ -55,7 +57,7 @@ def test_a_shape_mismatch_names_the_layer_and_both_shapes(tmp_path, compose_cfg)
     state = get_model("lenet5").state_dict()
     state["conv1.weight"] = torch.zeros(3, 1, 5, 5)
     torch.save(state, tmp_path / "bad.pt")
-    cfg = compose_cfg(*QUICK, f"model.init={tmp_path}/bad.pt")
+    cfg = compose_cfg(*QUICK, f"model.weights={tmp_path}/bad.pt")
     with pytest.raises(ConfigError) as refused:
         run_experiment(cfg, tmp_path / "run")
     assert "conv1.weight: the file has [3, 1, 5, 5], the model [20, 1, 5, 5]" in str(refused.value)
@@ -65,20 +67,20 @@ def test_a_shape_mismatch_names_the_layer_and_both_shapes(tmp_path, compose_cfg)
 def test_a_pickle_that_would_run_code_is_refused(tmp_path, compose_cfg):
     # a global (here a harmless one) that weights_only unpickling does not allow
     torch.save({"conv1.weight": os.getcwd}, tmp_path / "crafted.pt")
-    cfg = compose_cfg(*QUICK, f"model.init={tmp_path}/crafted.pt")
+    cfg = compose_cfg(*QUICK, f"model.weights={tmp_path}/crafted.pt")
     with pytest.raises(CheckpointError, match="is not a loadable state_dict"):
         run_experiment(cfg, tmp_path / "run")
 
 
 def test_a_missing_path_is_refused_before_any_work(tmp_path, compose_cfg):
-    cfg = compose_cfg(*QUICK, f"model.init={tmp_path}/nowhere.pt")
+    cfg = compose_cfg(*QUICK, f"model.weights={tmp_path}/nowhere.pt")
     with pytest.raises(ConfigError) as refused:
         run_experiment(cfg, tmp_path / "run")
-    assert str(refused.value).startswith(f"model.init='{tmp_path}/nowhere.pt' does not exist")
+    assert str(refused.value).startswith(f"model.weights='{tmp_path}/nowhere.pt' does not exist")
 
 
 def test_a_run_folder_typed_unquoted_gets_the_quoted_form_to_copy(sparsenet_cli, tmp_path):
     folder = "outputs/runs/default/experiment=smoke,seed=1"
-    proc = sparsenet_cli(*QUICK, f"model.init={folder}", cwd=tmp_path)
+    proc = sparsenet_cli(*QUICK, f"model.weights={folder}", cwd=tmp_path)
     assert proc.returncode == 2
-    assert f"""quote a value with '=' or ',' in it: 'model.init="{folder}"'""" in proc.stderr
+    assert f"""quote a value with '=' or ',' in it: 'model.weights="{folder}"'""" in proc.stderr

@@ -1,7 +1,7 @@
-"""`model.init`: start a run from trained weights instead of a random initialisation.
+"""`model.weights`: start a run from trained weights instead of a random initialisation.
 
 The field's usual recipe (and the SSL paper's) compresses a network that is already trained:
-train it once, then regularize from its weights, prune and fine-tune. `model.init` takes
+train it once, then regularize from its weights, prune and fine-tune. `model.weights` takes
 
 - a sparsenet run folder, or its `model/` folder: the network that run saved (dense, or
   already pruned: the model is narrowed to its layer shapes first). The run's model config
@@ -12,7 +12,7 @@ train it once, then regularize from its weights, prune and fine-tune. `model.ini
 Everything is checked when the config is parsed (the file exists and has a known form) and
 when the model is built (keys and shapes, before any data is read); a mismatch names the
 layer and both shapes. Paths in run folders contain `=` (their names come from overrides):
-quote the value on the command line, `'model.init="outputs/runs/default/seed=1"'`.
+quote the value on the command line, `'model.weights="outputs/runs/default/seed=1"'`.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from sparsenet.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
-KEY = "model.init"
+KEY = "model.weights"
 SPEC_FILE = "model_spec.json"  # what a sparsenet `model/` folder holds (sparsenet/checkpoint.py)
 STATE_SUFFIXES = (".pt", ".pth")
 ALLOWED = "null, a sparsenet run folder (or its model/ folder), or a .pt/.pth state_dict file"
 
 
 def resolve_init(value: Any) -> Path | None:
-    """The file or `model/` folder `model.init` names (None: random initialisation)."""
+    """The file or `model/` folder `model.weights` names (None: random initialisation)."""
     if value is None:
         return None
     if not isinstance(value, str) or not value:
@@ -100,7 +100,7 @@ def apply_init(model: nn.Module, path: Path | None, model_config: dict) -> nn.Mo
                 "a run folder of the same model config",
             )
         loaded = load_pruned(path)
-        log.info("model.init: weights of %s (%s)", path, model_config.get("name"))
+        log.info("model.weights: weights of %s (%s)", path, model_config.get("name"))
         return loaded
     state = _load_state_file(path)
     problems = _state_mismatches(model, state)
@@ -110,5 +110,5 @@ def apply_init(model: nn.Module, path: Path | None, model_config: dict) -> nn.Mo
             KEY, str(path), f"does not fit the model: {'; '.join(problems[:3])}{more}"
         )
     model.load_state_dict(state)
-    log.info("model.init: weights of %s", path)
+    log.info("model.weights: weights of %s", path)
     return model

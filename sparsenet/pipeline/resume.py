@@ -43,7 +43,7 @@ IGNORED_KEYS = (
 # Keys added after runs were made: hashed only when set away from the value that reproduces
 # those runs, so their folders keep their hash (a re-run still finds them completed). Declared
 # on the schema field (`setting(..., hash_unless=...)` in sparsenet/config/schema.py).
-HASHED_WHEN_CHANGED = {**hashed_when_changed(), "model.init": None}  # model: no fixed schema
+HASHED_WHEN_CHANGED = {**hashed_when_changed(), "model.weights": None}  # model: no fixed schema
 MAX_DIRNAME = 120
 RESOLVER = "sparsenet.dirname"
 

@@ -74,12 +74,12 @@ class BuilderSpec:
 
 @dataclass(frozen=True)
 class ModelSpec(BuilderSpec):
-    """The model's builder and options, and the weights it starts from (`model.init`)."""
+    """The model's builder and options, and the weights it starts from (`model.weights`)."""
 
-    init: Path | None = None
+    weights: Path | None = None  # (the MLP builders' own `init` is their init scheme)
 
     def build(self, **extra: Any) -> Any:
-        return apply_init(super().build(**extra), self.init, self.as_config())
+        return apply_init(super().build(**extra), self.weights, self.as_config())
 
 
 @dataclass(frozen=True)
@@ -195,8 +195,8 @@ def parse_config(cfg: DictConfig) -> RunSettings:
     model_node = as_dict(resolved["model"])
     model = ModelSpec(
         "model",
-        *_builder_options("model", model_node, MODELS, ("init",)),
-        init=resolve_init(model_node.get("init")),
+        *_builder_options("model", model_node, MODELS, ("weights",)),
+        weights=resolve_init(model_node.get("weights")),
     )
     dataset = _parse_dataset(resolved["dataset"])
     return RunSettings(
