@@ -464,8 +464,9 @@ def test_a_batch_file_with_code_in_it_is_refused(tmp_path: Path):
 
 @pytest.mark.realdata
 def test_real_cifar10_jpeg_cache(real_data_root: Path, tmp_path: Path):
-    """Counts and pixel statistics of ../shared/data/README.md (train mean 0.4913 0.4821
-    0.4465, std 0.2452 0.2428 0.2606; 5,000 train / 1,000 test images a class)."""
+    """Counts and pixel statistics of the JPEG copy, measured once with torchvision's
+    ImageFolder + ToTensor (train mean 0.4913 0.4821 0.4465, std 0.2452 0.2428 0.2606;
+    5,000 train / 1,000 test images a class)."""
     root = real_data_root / "cifar10-jpeg"
     if not root.is_dir():
         pytest.skip(f"no {root}")

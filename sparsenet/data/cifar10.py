@@ -2,8 +2,8 @@
 
 Two on-disk formats:
   torchvision  the python batches, `<root>/cifar-10-batches-py/` (downloadable)
-  imagefolder  `<root>/train/<class>/*.jpg` and `<root>/test/<class>/*.jpg`, e.g. the JPEG copy
-               in `../shared/data/cifar10-jpeg` (then dataset.root points at that folder)
+  imagefolder  `<root>/train/<class>/*.jpg` and `<root>/test/<class>/*.jpg`, e.g. a JPEG
+               re-encoding of CIFAR-10 in that layout (dataset.root points at its folder)
 
 Normalised with the usual CIFAR-10 training-set statistics (mean 0.4914 0.4822 0.4465,
 std 0.2470 0.2435 0.2616), also for the JPEG copy, whose own statistics differ in the third
