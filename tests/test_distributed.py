@@ -156,6 +156,10 @@ SINGLE_FILES = {
     ".hydra/config.yaml",
     ".hydra/hydra.yaml",
     ".hydra/overrides.yaml",
+    ".hydra/results/config.yaml",  # the record of the results (resume.keep_hydra_record)
+    ".hydra/results/hydra.yaml",
+    ".hydra/results/overrides.yaml",
+    ".lock",  # the run folder's lock (resume.run_folder_lock)
     "cli.log",
     "history.csv",
     "metrics.json",
