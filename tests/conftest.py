@@ -110,3 +110,22 @@ def mnist_root(tmp_path: Path) -> Path:
     write_idx(tmp_path / "MNIST" / "raw", True, train, np.arange(12) % 10)
     write_idx(tmp_path / "MNIST" / "raw", False, mnist_images(5, 1), np.array([9, 8, 7, 6, 5]))
     return tmp_path
+
+
+# Synthetic data, small enough that a run finishes in seconds (and that one which wrongly got
+# past validation is caught by a "nothing written" check rather than hanging the suite).
+QUICK_SMOKE = (
+    "experiment=smoke",
+    "train.progress=false",
+    "dataset.train_size=64",
+    "dataset.test_size=32",
+    "report.latency_repeats=1",
+    "report.latency_batch_size=4",
+    "prune.calibration_samples=16",
+)
+
+
+@pytest.fixture(scope="session")
+def quick_smoke() -> tuple[str, ...]:
+    """Overrides of a seconds-long smoke run (QUICK_SMOKE)."""
+    return QUICK_SMOKE

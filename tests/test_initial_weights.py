@@ -11,27 +11,17 @@ from sparsenet.errors import CheckpointError, ConfigError
 from sparsenet.models import get_model
 from sparsenet.pipeline import run_experiment
 
-QUICK = (
-    "experiment=smoke",
-    "train.progress=false",
-    "dataset.train_size=64",
-    "dataset.test_size=32",
-    "report.latency_repeats=1",
-    "report.latency_batch_size=4",
-    "prune.calibration_samples=16",
-)
-
 
 def _saved_state(run_dir):
     return torch.load(run_dir / "model" / "model_state.pt", weights_only=True)
 
 
-def test_a_state_dict_file_is_the_starting_point(tmp_path, compose_cfg):
+def test_a_state_dict_file_is_the_starting_point(tmp_path, compose_cfg, quick_smoke):
     torch.manual_seed(123)
     start = get_model("lenet5").state_dict()  # weights no run's seed would draw
     torch.save(start, tmp_path / "start.pt")
     cfg = compose_cfg(
-        *QUICK, "stages=[train]", "train.epochs=0", f"model.weights={tmp_path}/start.pt"
+        *quick_smoke, "stages=[train]", "train.epochs=0", f"model.weights={tmp_path}/start.pt"
     )
     metrics = run_experiment(cfg, tmp_path / "run")
     assert metrics["status"] == "completed"
@@ -40,12 +30,12 @@ def test_a_state_dict_file_is_the_starting_point(tmp_path, compose_cfg):
         torch.testing.assert_close(saved[key], tensor, rtol=0, atol=0)
 
 
-def test_another_runs_network_is_the_starting_point(tmp_path, compose_cfg):
-    first = run_experiment(compose_cfg(*QUICK, "train.epochs=1"), tmp_path / "first")
+def test_another_runs_network_is_the_starting_point(tmp_path, compose_cfg, quick_smoke):
+    first = run_experiment(compose_cfg(*quick_smoke, "train.epochs=1"), tmp_path / "first")
     assert first["status"] == "completed"
     # the first run's final network is pruned (narrower): the second starts from it as it is
     cfg = compose_cfg(
-        *QUICK, "stages=[train]", "train.epochs=0", f"model.weights={tmp_path / 'first'}"
+        *quick_smoke, "stages=[train]", "train.epochs=0", f"model.weights={tmp_path / 'first'}"
     )
     second = run_experiment(cfg, tmp_path / "second")
     final = first["stages"]["finetune"]
@@ -53,34 +43,36 @@ def test_another_runs_network_is_the_starting_point(tmp_path, compose_cfg):
     assert second["stages"]["train"]["test_acc"] == final["test_acc"]
 
 
-def test_a_shape_mismatch_names_the_layer_and_both_shapes(tmp_path, compose_cfg):
+def test_a_shape_mismatch_names_the_layer_and_both_shapes(tmp_path, compose_cfg, quick_smoke):
     state = get_model("lenet5").state_dict()
     state["conv1.weight"] = torch.zeros(3, 1, 5, 5)
     torch.save(state, tmp_path / "bad.pt")
-    cfg = compose_cfg(*QUICK, f"model.weights={tmp_path}/bad.pt")
+    cfg = compose_cfg(*quick_smoke, f"model.weights={tmp_path}/bad.pt")
     with pytest.raises(ConfigError) as refused:
         run_experiment(cfg, tmp_path / "run")
     assert "conv1.weight: the file has [3, 1, 5, 5], the model [20, 1, 5, 5]" in str(refused.value)
     assert not (tmp_path / "run" / "history.csv").exists()
 
 
-def test_a_pickle_that_would_run_code_is_refused(tmp_path, compose_cfg):
+def test_a_pickle_that_would_run_code_is_refused(tmp_path, compose_cfg, quick_smoke):
     # a global (here a harmless one) that weights_only unpickling does not allow
     torch.save({"conv1.weight": os.getcwd}, tmp_path / "crafted.pt")
-    cfg = compose_cfg(*QUICK, f"model.weights={tmp_path}/crafted.pt")
+    cfg = compose_cfg(*quick_smoke, f"model.weights={tmp_path}/crafted.pt")
     with pytest.raises(CheckpointError, match="is not a loadable state_dict"):
         run_experiment(cfg, tmp_path / "run")
 
 
-def test_a_missing_path_is_refused_before_any_work(tmp_path, compose_cfg):
-    cfg = compose_cfg(*QUICK, f"model.weights={tmp_path}/nowhere.pt")
+def test_a_missing_path_is_refused_before_any_work(tmp_path, compose_cfg, quick_smoke):
+    cfg = compose_cfg(*quick_smoke, f"model.weights={tmp_path}/nowhere.pt")
     with pytest.raises(ConfigError) as refused:
         run_experiment(cfg, tmp_path / "run")
     assert str(refused.value).startswith(f"model.weights='{tmp_path}/nowhere.pt' does not exist")
 
 
-def test_a_run_folder_typed_unquoted_gets_the_quoted_form_to_copy(sparsenet_cli, tmp_path):
+def test_a_run_folder_typed_unquoted_gets_the_quoted_form_to_copy(
+    sparsenet_cli, tmp_path, quick_smoke
+):
     folder = "outputs/runs/default/experiment=smoke,seed=1"
-    proc = sparsenet_cli(*QUICK, f"model.weights={folder}", cwd=tmp_path)
+    proc = sparsenet_cli(*quick_smoke, f"model.weights={folder}", cwd=tmp_path)
     assert proc.returncode == 2
     assert f"""quote a value with '=' or ',' in it: 'model.weights="{folder}"'""" in proc.stderr

@@ -23,17 +23,6 @@ from sparsenet.errors import UserInputError
 from sparsenet.pipeline import run_experiment
 from sparsenet.pipeline.settings import parse_config
 
-# Synthetic data, small enough that a run that wrongly got past validation would finish
-# quickly and be caught by the "nothing written" check rather than hang the suite.
-BASE = (
-    "experiment=smoke",
-    "train.progress=false",
-    "dataset.train_size=64",
-    "dataset.test_size=32",
-    "report.latency_repeats=1",
-    "report.latency_batch_size=4",
-    "prune.calibration_samples=16",
-)
 GROUP_LASSO_STRUCTURES = "allowed: out, in, shape, layer, coupled"
 LENET5_LAYERS = "layers: conv1, conv2, fc1, fc2"
 
@@ -206,10 +195,10 @@ CLI_ROWS = (
 )
 
 
-def _error_line(compose_cfg, overrides: str, run_dir: Path) -> str:
+def _error_line(compose_cfg, quick_smoke, overrides: str, run_dir: Path) -> str:
     """What the CLI would print after `sparsenet: error: ` for these overrides."""
     try:
-        run_experiment(compose_cfg(*BASE, *overrides.split()), run_dir)
+        run_experiment(compose_cfg(*quick_smoke, *overrides.split()), run_dir)
     except Exception as error:  # noqa: BLE001 - every kind is checked below
         message = user_error_message(error)
         assert message is not None, f"{overrides}: not a user error: {error!r}"
@@ -239,9 +228,9 @@ def test_the_table_is_large_and_distinct():
 
 @pytest.mark.parametrize(("overrides", "expected"), BAD_INPUTS, ids=[r[0] for r in BAD_INPUTS])
 def test_bad_input_fails_before_any_work_with_one_clear_line(
-    overrides, expected, tmp_path, compose_cfg
+    overrides, expected, tmp_path, compose_cfg, quick_smoke
 ):
-    line = _error_line(compose_cfg, overrides, tmp_path / "run")
+    line = _error_line(compose_cfg, quick_smoke, overrides, tmp_path / "run")
     assert expected in line
     assert "\n" not in line and "Traceback" not in line
     _assert_no_work_started(tmp_path / "run", line)
@@ -249,25 +238,27 @@ def test_bad_input_fails_before_any_work_with_one_clear_line(
 
 @pytest.mark.parametrize("overrides", CLI_ROWS)
 def test_the_command_line_prints_the_same_line_and_exits_2(
-    overrides, sparsenet_cli, tmp_path, compose_cfg
+    overrides, sparsenet_cli, tmp_path, compose_cfg, quick_smoke
 ):
     run_dir = tmp_path / "run"
-    proc = sparsenet_cli(*BASE, *overrides.split(), f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = sparsenet_cli(*quick_smoke, *overrides.split(), f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr
     expected = dict(BAD_INPUTS)[overrides]
     assert proc.stderr.count("\n") == 1 and expected in proc.stderr
     assert (
         proc.stderr.strip()
-        == f"sparsenet: error: {_error_line(compose_cfg, overrides, tmp_path / 'x')}"
+        == f"sparsenet: error: {_error_line(compose_cfg, quick_smoke, overrides, tmp_path / 'x')}"
     )
     _assert_no_work_started(
-        run_dir, _error_line(compose_cfg, overrides, tmp_path / "y"), hydra=True
+        run_dir, _error_line(compose_cfg, quick_smoke, overrides, tmp_path / "y"), hydra=True
     )
 
 
-def test_debug_switch_shows_the_traceback(sparsenet_cli, tmp_path):
-    proc = sparsenet_cli(*BASE, "optimizer.lr=-0.1", cwd=tmp_path, env={"SPARSENET_DEBUG": "1"})
+def test_debug_switch_shows_the_traceback(sparsenet_cli, tmp_path, quick_smoke):
+    proc = sparsenet_cli(
+        *quick_smoke, "optimizer.lr=-0.1", cwd=tmp_path, env={"SPARSENET_DEBUG": "1"}
+    )
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "ConfigError: optimizer.lr=-0.1" in proc.stderr
 
@@ -298,8 +289,8 @@ VALID = st.fixed_dictionaries(
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(choice=VALID, strength=st.sampled_from([0, 1e-4, 1e-2]))
-def test_random_valid_overrides_run_or_fail_cleanly(choice, strength, compose_cfg):
-    overrides = [*BASE, *(f"{k}={v}" for k, v in choice.items())]
+def test_random_valid_overrides_run_or_fail_cleanly(choice, strength, compose_cfg, quick_smoke):
+    overrides = [*quick_smoke, *(f"{k}={v}" for k, v in choice.items())]
     if choice["regularizer"] not in ("combined", "sgl_variance", "none"):
         overrides.append(f"regularizer.strength={strength}")  # a combination's is a multiplier
     with tempfile.TemporaryDirectory() as folder:
