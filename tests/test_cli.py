@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from sparsenet.checkpoint import load_pruned
@@ -101,6 +102,7 @@ def test_list_prints_the_config_choices(sparsenet_cli, tmp_path):
     assert "lenet5" in proc.stdout and "group_lasso" in proc.stdout and "mnist" in proc.stdout
 
 
+@pytest.mark.slow
 def test_gpu_settings_compose_and_run_on_cpu(sparsenet_cli, tmp_path):
     """train.amp (bfloat16 autocast on CPU), channels_last and torch.compile, all at once."""
     run_dir = tmp_path / "run"

@@ -239,6 +239,7 @@ def test_torchrun_two_processes_match_one_and_write_one_set_of_outputs(single_ru
     assert proc.stdout.count("test acc ") == 1
 
 
+@pytest.mark.slow
 def test_a_killed_torchrun_resumes_to_the_single_process_result(single_run, tmp_path):
     """SIGKILL to both workers and torchrun after rank 0's first checkpoint, the same command
     again: every process loads that checkpoint and the run ends as one process's does."""

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -18,6 +20,7 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_results_page_folds_seeds_and_marks_shortened_runs(tmp_path):
     sweep = [
         sys.executable,

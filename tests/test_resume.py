@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from sparsenet.pipeline.resume import config_hash, run_dirname
 
 QUICK = ("experiment=smoke", "train.epochs=1", "finetune.epochs=0", "train.progress=false")
@@ -111,6 +113,7 @@ def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(sparsenet_cli
     assert history == (tmp_path / "straight" / "history.csv").read_text()
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_reruns_only_what_did_not_finish(tmp_path):
     import csv
     import signal
