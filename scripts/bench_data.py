@@ -314,7 +314,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - start),
         # Other work on the machine (1-minute load average; 2 = both cores busy).
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "command": "python scripts/bench_data.py " + shlex.join(sys.argv[1:]),
+        "command": ("python scripts/bench_data.py " + shlex.join(sys.argv[1:])).rstrip(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"meta": meta, "train": rows, **extra}
