@@ -34,6 +34,7 @@ IGNORED_KEYS = (
     "dataset.root",
     "dataset.download",
     "dataset.num_workers",
+    "dataset.cache_dir",
     "train.progress",
     "train.distributed",
     "resume",
