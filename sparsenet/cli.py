@@ -12,7 +12,6 @@ files and log (the others get hydra.output_subdir=null and stdout logging)."""
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import errno
 import logging
@@ -33,7 +32,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from sparsenet.config.schema import composition_error
+from sparsenet.config.schema import composition_error, schema_keys
 from sparsenet.errors import UserInputError
 from sparsenet.launchers import launcher_error_message
 from sparsenet.pipeline.distributed import launcher_rank
@@ -83,7 +82,7 @@ def user_error_message(error: BaseException) -> str | None:
         cause = error.__cause__
         key = getattr(cause, "full_key", None)
         if isinstance(cause, ConfigKeyError | ConfigAttributeError) and key:
-            typed = _schema_fields(cause)
+            typed = schema_keys(cause)
             if typed:  # a typed group (schema.py): its keys are all there is
                 return f"{key} is not a config key{_did_you_mean(cause)}; allowed: {typed}"
             parent, _, leaf = str(key).rpartition(".")
@@ -120,14 +119,6 @@ def _file_error(error: BaseException) -> str | None:
 def _one_line(text: str) -> str:
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     return "; ".join(line for line in lines if not line.startswith("See https://"))
-
-
-def _schema_fields(cause: OmegaConfBaseException) -> str:
-    """The keys of the typed group the error is about ('' when it is not a typed one)."""
-    owner = getattr(getattr(cause.parent_node, "_metadata", None), "object_type", None)
-    if owner is None or not dataclasses.is_dataclass(owner):
-        return ""
-    return ", ".join(sorted(f.name for f in dataclasses.fields(owner)))
 
 
 def _did_you_mean(cause: OmegaConfBaseException) -> str:

@@ -214,6 +214,15 @@ def _field_check(error: OmegaConfBaseException) -> tuple[Check | None, Any]:
     return None, None
 
 
+def schema_keys(error: OmegaConfBaseException) -> str:
+    """The keys of the typed group (a schema dataclass) an OmegaConf error is about, sorted
+    and comma-separated; '' when the node has no schema."""
+    owner = getattr(getattr(error.parent_node, "_metadata", None), "object_type", None)
+    if owner is None or not is_dataclass(owner):
+        return ""
+    return ", ".join(sorted(f.name for f in fields(owner)))
+
+
 def composition_error(error: OmegaConfBaseException, path: str = "") -> ConfigError:
     """OmegaConf's refusal as one ConfigError built from the error's fields (key, value, the
     schema field's check), never from its message text."""
@@ -222,12 +231,7 @@ def composition_error(error: OmegaConfBaseException, path: str = "") -> ConfigEr
         key = f"{path}.{key}"
     key = key or path or "config"
     if isinstance(error, ConfigKeyError):
-        owner = getattr(getattr(error.parent_node, "_metadata", None), "object_type", None)
-        allowed = (
-            ", ".join(sorted(f.name for f in fields(owner)))
-            if owner is not None and is_dataclass(owner)
-            else None
-        )
+        allowed = schema_keys(error) or None
         return ConfigError(key, ConfigError.NO_VALUE, "is not a config key", allowed)
     if isinstance(error, ValidationError):
         check, hint = _field_check(error)

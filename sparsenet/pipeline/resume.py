@@ -84,19 +84,6 @@ def config_hash(cfg: DictConfig | dict) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def completed_metrics(metrics_file: Path, expected_hash: str) -> dict | None:
-    """The metrics of a completed run with this config hash, else None."""
-    if not metrics_file.is_file():
-        return None
-    try:
-        metrics = json.loads(metrics_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if metrics.get("status") == "completed" and metrics.get("config_hash") == expected_hash:
-        return metrics
-    return None
-
-
 def describe_failure(metrics: dict) -> str | None:
     """One line from a failed run's "failure" record: `diverged in train epoch 2: <reason>`
     (None when there is none). A failed run is skipped like a completed one: the same config

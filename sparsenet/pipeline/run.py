@@ -32,7 +32,6 @@ from sparsenet.pipeline.distributed import Ranks
 from sparsenet.pipeline.engine import evaluate
 from sparsenet.pipeline.resume import (
     CHECKPOINT_FILE,
-    completed_metrics,
     config_hash,
     describe_failure,
     keep_hydra_record,
@@ -308,13 +307,12 @@ def _previous_run(metrics_file: Path, chash: str, fingerprint: str, resume: bool
             f"data {fingerprint}: dataset.root or its files changed); choose a new folder with "
             "name=... or run it again on this data with resume=false"
         )
-    done = completed_metrics(metrics_file, chash)
-    if done is not None:
+    other = recorded.get("config_hash")
+    if other == chash and recorded.get("status") == "completed":
         log.info(
             "already completed with this config: %s (resume=false runs it again)", metrics_file
         )
-        return done
-    other = recorded.get("config_hash")
+        return recorded
     if other == chash and recorded.get("status") == "failed":
         log.info(
             "already failed with this config (%s): %s (resume=false runs it again)",

@@ -13,6 +13,7 @@ what needs the data (train_subset within the split) by the dataset builders, bef
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,7 +190,7 @@ def parse_config(cfg: DictConfig) -> RunSettings:
     report = to_settings(ReportConfig, resolved["report"], "report")
     prune = to_settings(PruneSettings, resolved["prune"], "prune")
     optimizer = parse_optimizer("optimizer", resolved["optimizer"], "optimizer.lr")
-    finetune = _parse_finetune(resolved["finetune"], resolved["optimizer"])
+    finetune = _parse_finetune(resolved["finetune"], optimizer)
     scheduler = build("scheduler", as_dict(resolved["scheduler"]), SCHEDULES)
     regularizer = parse_regularizer(resolved["regularizer"])
     model_node = as_dict(resolved["model"])
@@ -217,10 +218,13 @@ def parse_config(cfg: DictConfig) -> RunSettings:
     )
 
 
-def _parse_finetune(node: Mapping, train_node: Any) -> FinetuneSettings:
+def _parse_finetune(node: Mapping, train_optimizer: OptimizerSpec) -> FinetuneSettings:
+    """finetune.optimizer null: the training optimizer's spec, at finetune.lr (null: its lr;
+    finetune.lr was checked by the schema)."""
     finetune = to_settings(FinetuneConfig, node, "finetune")
     if finetune.optimizer is None:
-        spec = parse_optimizer("optimizer", train_node, "finetune.lr", finetune.lr)
+        lr = train_optimizer.lr if finetune.lr is None else finetune.lr
+        spec = dataclasses.replace(train_optimizer, lr=lr)
     else:
         spec = parse_optimizer("finetune.optimizer", finetune.optimizer, "finetune.lr", finetune.lr)
     return FinetuneSettings(finetune.epochs, finetune.regularize, spec)
@@ -236,7 +240,7 @@ def _parse_dataset(node: Any) -> DatasetSpec:
     return DatasetSpec("dataset", name, builder, options, **declared)
 
 
-STAGE_GROUPS = {"prune": "prune", "finetune": "finetune"}  # stage -> the group only it reads
+STAGE_ONLY_GROUPS = ("prune", "finetune")  # a group read by the stage of the same name only
 
 
 def unused_stage_overrides(stages: Sequence[str], overrides: Sequence[str]) -> list[str]:
@@ -246,7 +250,7 @@ def unused_stage_overrides(stages: Sequence[str], overrides: Sequence[str]) -> l
     for override in overrides:
         key = str(override).split("=", 1)[0].lstrip("+~")
         group = key.split(".", 1)[0].split("/", 1)[0]
-        if group in STAGE_GROUPS and STAGE_GROUPS[group] not in stages:
+        if group in STAGE_ONLY_GROUPS and group not in stages:
             unused.append(str(override))
     return unused
 
