@@ -97,6 +97,30 @@ def test_failed_download_becomes_the_same_error(tmp_path: Path, monkeypatch):
     assert "SPARSENET_DATA" in str(info.value)
 
 
+@pytest.mark.parametrize("root_exists", [False, True])
+def test_failed_download_leaves_no_folders_behind(tmp_path: Path, monkeypatch, root_exists):
+    """What a failed download created (the dataset's folders, a partial file in them) goes;
+    a root that existed before stays, with what it held."""
+    root = tmp_path / "data"
+    if root_exists:
+        root.mkdir()
+        (root / "keep.txt").write_text("mine")
+
+    def partial_then_offline(self):
+        raw = root / "MNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b partial")
+        raise urllib.error.URLError("connection reset")
+
+    monkeypatch.setattr(datasets.MNIST, "download", partial_then_offline)
+    with pytest.raises(DataNotFoundError, match="Download failed"):
+        build_datasets("mnist", root=str(root), download=True)
+    if root_exists:
+        assert sorted(p.name for p in root.iterdir()) == ["keep.txt"]
+    else:
+        assert not root.exists()
+
+
 def test_bad_options_name_the_key_and_what_is_allowed(mnist_root: Path):
     """A builder names its own option; the config layer puts it under `dataset.`."""
     root = str(mnist_root)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from sparsenet.pipeline.resume import config_hash, run_dirname
 
@@ -292,3 +293,63 @@ def test_a_checkpoint_the_run_cannot_use_is_set_aside_and_the_run_starts_over(
     metrics = run_experiment(cfg, run_dir)
     assert metrics["status"] == "completed"
     assert (run_dir / "checkpoint.pt.bad").is_file() and not (run_dir / "checkpoint.pt").exists()
+
+
+class _Stop(Exception):
+    """Stands for a kill right after the first mid-stage checkpoint is on disk."""
+
+
+def _damage_scheduler(state):
+    del state["scheduler"]["lr_lambdas"]
+
+
+def _damage_momentum(state):
+    for buffers in state["optimizer"]["state"].values():
+        buffers["momentum_buffer"] = torch.zeros(3)
+
+
+def _damage_stage_index(state):
+    state["stage_index"] = 99
+
+
+@pytest.mark.parametrize(
+    "damage", [_damage_scheduler, _damage_momentum, _damage_stage_index], ids=lambda f: f.__name__
+)
+def test_a_checkpoint_that_fails_when_put_back_is_set_aside(
+    tmp_path, compose_cfg, monkeypatch, damage
+):
+    """Damage that the key and shape checks cannot see (a schedule state of another kind,
+    momentum of other shapes, a stage the run lacks) fails while the run is put back: the
+    checkpoint is set aside and the run starts over to the figures of an undisturbed one."""
+    from sparsenet.pipeline import run_experiment, stages
+
+    cfg = compose_cfg(
+        "experiment=smoke",
+        "train.progress=false",
+        "dataset.train_size=64",
+        "train.epochs=2",
+        "finetune.epochs=0",
+        "report.latency_batch_size=2",
+        "report.latency_repeats=1",
+    )
+    straight = run_experiment(cfg, tmp_path / "straight")
+    real_save = stages.save_checkpoint
+
+    def save_then_stop(run_dir, state):
+        real_save(run_dir, state)
+        if state["stage_epoch"] > 0:
+            raise _Stop
+
+    monkeypatch.setattr(stages, "save_checkpoint", save_then_stop)
+    run_dir = tmp_path / "damaged"
+    with pytest.raises(_Stop):
+        run_experiment(cfg, run_dir)
+    monkeypatch.setattr(stages, "save_checkpoint", real_save)
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    damage(state)
+    torch.save(state, run_dir / "checkpoint.pt")
+
+    metrics = run_experiment(cfg, run_dir)
+    assert metrics["status"] == "completed"
+    assert (run_dir / "checkpoint.pt.bad").is_file() and not (run_dir / "checkpoint.pt").exists()
+    assert _without_timings(metrics) == _without_timings(straight)

@@ -8,6 +8,7 @@ person reading it is editing a YAML file or a command line, not this code.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -98,6 +99,7 @@ DOWNLOAD_HINT = "set dataset.download=true on a machine with internet access"
 
 def ensure_files(
     dataset: str,
+    root: Path,
     folder: Path,
     files: Sequence[str],
     *,
@@ -105,10 +107,14 @@ def ensure_files(
     download: bool,
     fetch: Callable[[], object],
 ) -> None:
-    """Make sure `folder` holds `files`: download them with `fetch` if allowed, else raise.
+    """Make sure `folder` (inside the dataset's `root`) holds `files`: download them with
+    `fetch` if allowed, else raise.
 
     A failed download (no internet, mirror down) becomes the same DataNotFoundError, chained
-    to the original error, so the user sees how to fix it rather than a urllib traceback.
+    to the original error, so the user sees how to fix it rather than a urllib traceback. The
+    folders it created (between `root`, included, and `folder`) are removed with whatever
+    partial files they hold, so a failed attempt leaves the tree as it was; a partial archive
+    in a folder that existed before is checked (md5) and fetched again by torchvision.
     """
     missing = [f for f in files if not (folder / f).is_file()]
     if not missing:
@@ -118,9 +124,12 @@ def ensure_files(
         raise data_not_found(
             dataset, folder, expected, root_hint=root_hint, download_hint=DOWNLOAD_HINT
         )
+    created = _missing_folders(root, folder)
     try:
         fetch()
     except Exception as error:  # URLError, HTTPError, OSError, RuntimeError from the mirrors
+        if created:  # everything in a folder the failed download made is the download's
+            shutil.rmtree(created[0], ignore_errors=True)
         raise data_not_found(
             dataset,
             folder,
@@ -129,6 +138,13 @@ def ensure_files(
             download_hint=DOWNLOAD_HINT + " (the download was tried and failed)",
             download_error=error,
         ) from error
+
+
+def _missing_folders(root: Path, folder: Path) -> list[Path]:
+    """The folders from `root` down to `folder` that do not exist yet, outermost first."""
+    chain = [folder, *folder.parents]
+    inside = chain[: chain.index(root) + 1] if root in chain else [folder]
+    return [path for path in reversed(inside) if not path.exists()]
 
 
 def load_imagefolder_pair(

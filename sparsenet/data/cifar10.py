@@ -110,6 +110,7 @@ def _ensure_batches(root: str, download: bool) -> Path:
     folder = Path(root) / "cifar-10-batches-py"
     ensure_files(
         "cifar10",
+        Path(root),
         folder,
         BATCH_FILES,
         root_hint="the folder containing cifar-10-batches-py/ (or, with "

@@ -112,6 +112,7 @@ def _build(
     name = cls.__name__
     ensure_files(
         dataset,
+        Path(root),
         Path(root) / name / "raw",
         RAW_FILES,
         root_hint=f"the folder containing {name}/raw/{RAW_FILES[0]} and the other IDX files",

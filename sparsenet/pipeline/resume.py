@@ -179,6 +179,39 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     atomic_torch_save(state, Path(run_dir) / CHECKPOINT_FILE)
 
 
+class UnusableCheckpoint(Exception):
+    """A checkpoint that passed `check_run_checkpoint` but could not be put back (a schedule
+    state of another kind, optimizer state of other shapes, a stage the run does not have):
+    `run.run_experiment` sets it aside and starts the run over, as `load_checkpoint` does
+    with one that fails the checks."""
+
+
+@contextlib.contextmanager
+def applying_checkpoint(what: str) -> Iterator[None]:
+    """Any error while restoring `what` from the checkpoint becomes UnusableCheckpoint."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - whatever the damage, the remedy is the same
+        raise UnusableCheckpoint(
+            f"cannot restore {what}: {type(error).__name__}: {error}"
+        ) from error
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Raise ValueError if a loaded per-parameter state tensor (momentum, Adam's moments) has
+    another shape than its parameter: `load_state_dict` does not check, and the first step
+    would fail. Every optimizer sparsenet offers keeps such state in the parameter's shape;
+    scalars (`step`) are not compared."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                    raise ValueError(
+                        f"optimizer state '{key}' has shape {tuple(value.shape)}, "
+                        f"its parameter {tuple(param.shape)}"
+                    )
+
+
 def load_checkpoint(run_dir: Path, expected_hash: str, model=None) -> dict | None:
     """The run's last checkpoint if it belongs to this config, else None. Only tensors and
     plain containers are read (weights_only=True): a checkpoint cannot run code, and one

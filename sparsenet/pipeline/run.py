@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from sparsenet.checkpoint import narrow_to_spec, save_pruned
+from sparsenet.checkpoint import narrow_to_spec, save_pruned, set_aside_checkpoint
 from sparsenet.data import check_matches_config, data_fingerprint
 from sparsenet.data.loaders import make_loader
 from sparsenet.errors import ConfigError, OutputError, RunDiverged, UserInputError
@@ -32,6 +32,8 @@ from sparsenet.pipeline.distributed import Ranks
 from sparsenet.pipeline.engine import evaluate
 from sparsenet.pipeline.resume import (
     CHECKPOINT_FILE,
+    UnusableCheckpoint,
+    applying_checkpoint,
     config_hash,
     describe_failure,
     keep_hydra_record,
@@ -143,7 +145,13 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
         device = distributed.rank_device(ranks, train.device)
         lock = run_folder_lock(run_dir) if ranks.is_main else contextlib.nullcontext()
         with lock, distributed.process_group(ranks, device):
-            metrics = _run(settings, run_dir, ranks)
+            try:
+                metrics = _run(settings, run_dir, ranks)
+            except UnusableCheckpoint as error:  # passed the checks, failed when put back
+                if ranks.is_main:
+                    set_aside_checkpoint(run_dir / CHECKPOINT_FILE, error)
+                distributed.barrier()
+                metrics = _run(settings, run_dir, ranks)  # from the start, as without one
             distributed.barrier()  # the outputs are written when any process returns
             return metrics
     except UserInputError as error:
@@ -270,16 +278,20 @@ def _record_failure(ctx: RunContext, metrics: dict, diverged: RunDiverged) -> di
 def _restore(ctx: RunContext, checkpoint: dict) -> int:
     """Put the run back where its checkpoint left it; returns the stage to start from.
     A stage interrupted mid-way continues from its last epoch (see stages._resume_stage)."""
-    narrow_to_spec(ctx.model, checkpoint["model_spec"], source=str(ctx.run_dir / CHECKPOINT_FILE))
-    ctx.model.load_state_dict(checkpoint["model_state"])
-    ctx.model.to(ctx.device)
-    ctx.history = list(checkpoint["history"])
-    ctx.stage_metrics = dict(checkpoint["stages"])
-    ctx.resume_state = checkpoint
-    ctx.train_loader.set_epoch(checkpoint["loader_epoch"])
-    set_rng_state(checkpoint["rng"])
     stage = checkpoint["stage_index"]
     stages = ctx.settings.stages
+    with applying_checkpoint("the model, history and data order"):
+        if not 0 <= stage <= len(stages):
+            raise IndexError(f"stage_index {stage} is not one of this run's 0..{len(stages)}")
+        source = str(ctx.run_dir / CHECKPOINT_FILE)
+        narrow_to_spec(ctx.model, checkpoint["model_spec"], source=source)
+        ctx.model.load_state_dict(checkpoint["model_state"])
+        ctx.model.to(ctx.device)
+        ctx.history = list(checkpoint["history"])
+        ctx.stage_metrics = dict(checkpoint["stages"])
+        ctx.resume_state = checkpoint
+        ctx.train_loader.set_epoch(checkpoint["loader_epoch"])
+        set_rng_state(checkpoint["rng"])
     where = stages[stage] if stage < len(stages) else "the end"
     if ctx.ranks.is_main:
         log.info("resuming %s: %s, after epoch %s", ctx.run_dir, where, checkpoint["stage_epoch"])

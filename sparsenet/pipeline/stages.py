@@ -24,7 +24,13 @@ from sparsenet.errors import RunDiverged
 from sparsenet.pipeline import distributed
 from sparsenet.pipeline.distributed import Ranks
 from sparsenet.pipeline.engine import StepSettings, evaluate, parameter_groups, train_epoch
-from sparsenet.pipeline.resume import rng_state, save_checkpoint, set_rng_state
+from sparsenet.pipeline.resume import (
+    applying_checkpoint,
+    check_optimizer_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from sparsenet.pipeline.schedules import make_schedule
 from sparsenet.pipeline.settings import OptimizerSpec, RunSettings
 from sparsenet.pruning import prune_units
@@ -166,11 +172,13 @@ def _resume_stage(ctx: RunContext, optimizer, scheduler, scaler) -> int:
     state, ctx.resume_state = ctx.resume_state, None
     if not state or state["stage_index"] != ctx.stage_index or state["stage_epoch"] == 0:
         return 0
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    ctx.train_loader.set_epoch(state["loader_epoch"])
+    with applying_checkpoint("the optimizer, schedule and data order"):
+        optimizer.load_state_dict(state["optimizer"])
+        check_optimizer_state(optimizer)
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        ctx.train_loader.set_epoch(state["loader_epoch"])
     return int(state["stage_epoch"])
 
 
