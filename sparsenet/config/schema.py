@@ -31,6 +31,7 @@ from sparsenet.config.checks import (
     Integer,
     Number,
     Schema,
+    Text,
     describe_type,
     setting,
 )
@@ -38,7 +39,7 @@ from sparsenet.errors import ConfigError
 from sparsenet.pruning.criteria import PruneSettings
 
 SCHEMA_NAME = "sparsenet_schema"
-STAGE_NAMES = ("train", "prune", "finetune")
+STAGE_NAMES = ("dense", "train", "prune", "finetune")
 DISTRIBUTED_MODES = ("auto", "off")
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 
@@ -101,6 +102,18 @@ class FinetuneConfig(Schema):
     optimizer: Any = None
 
 
+@dataclass
+class DenseConfig(Schema):
+    """conf/dense/: the `dense` stage, plain training before `train` (no regularizer) whose
+    network is cached by its own configuration and reused by every run that asks for the same
+    one (sparsenet/pipeline/dense_cache.py). `lr` null: the optimizer's own lr; `cache_dir`:
+    where the cached networks live (a shared filesystem on a cluster)."""
+
+    epochs: int = setting(Integer(low=1))
+    lr: float | None = setting(Number(above=0, optional=True))
+    cache_dir: str = setting(Text())
+
+
 @dataclass(frozen=True)
 class StagesCheck(Check):
     optional: bool = False
@@ -118,6 +131,10 @@ class StagesCheck(Check):
         if repeated:  # metrics, checkpoints and the summary key each stage by its name
             raise ConfigError(
                 key, list(value), f"names {repeated[0]} twice", "each stage at most once"
+            )
+        if "dense" in value and value[0] != "dense":  # it starts from the initial weights
+            raise ConfigError(
+                key, list(value), "has dense after another stage", "dense as the first stage"
             )
         return tuple(value)
 
@@ -158,6 +175,7 @@ class RunConfig(RunKeys):
     train: TrainConfig = MISSING
     prune: PruneSettings = MISSING
     finetune: FinetuneConfig = MISSING
+    dense: DenseConfig = MISSING
     report: ReportConfig = MISSING
     # An experiment bundle's published figures (conf/experiment/): read by the results page,
     # not by the run; free-form.

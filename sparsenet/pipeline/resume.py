@@ -35,6 +35,7 @@ IGNORED_KEYS = (
     "dataset.download",
     "dataset.num_workers",
     "dataset.cache_dir",
+    "dense.cache_dir",
     "train.progress",
     "train.distributed",
     "resume",
@@ -72,6 +73,8 @@ def config_hash(cfg: DictConfig | dict) -> str:
     """Hash of the resolved config without the keys that do not change results."""
     resolved = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     resolved = json.loads(json.dumps(resolved, sort_keys=True, default=str))
+    if "dense" not in resolved.get("stages", ()):  # read by that stage only, and added after
+        resolved.pop("dense", None)  # runs were made: they keep their hash
     for key in (*IGNORED_KEYS, *HASHED_WHEN_CHANGED):
         node = resolved
         *parents, leaf = key.split(".")

@@ -342,10 +342,13 @@ def _previous_run(metrics_file: Path, chash: str, fingerprint: str, resume: bool
 
 
 def summarize(stages: dict) -> dict:
-    """Compression of the final stage against the first (dense) one."""
+    """Compression of the final stage against the first one (dense: train, or the dense
+    stage whose accuracy is then recorded too)."""
     names = list(stages)
     first, last = stages[names[0]], stages[names[-1]]
+    dense = {"dense_test_acc": stages["dense"]["test_acc"]} if "dense" in stages else {}
     return {
+        **dense,
         "final_stage": names[-1],
         "test_acc": last["test_acc"],
         "params_kept_pct": round(100 * last["params"] / first["params"], 3),

@@ -28,6 +28,7 @@ from sparsenet.config.checks import Integer, Number, Sizes
 from sparsenet.config.components import PARTIAL, TARGET, as_dict, build, call, check_options
 from sparsenet.config.components import select as select_component
 from sparsenet.config.schema import (
+    DenseConfig,
     FinetuneConfig,
     ReportConfig,
     RunKeys,
@@ -121,6 +122,16 @@ class FinetuneSettings:
 
 
 @dataclass(frozen=True)
+class DenseSettings:
+    """dense.*: the dense stage's epochs, the training optimizer at dense.lr (null: its own
+    lr), and the folder of cached dense networks."""
+
+    epochs: int
+    optimizer: OptimizerSpec
+    cache_dir: Path
+
+
+@dataclass(frozen=True)
 class RunSettings:
     seed: int
     stages: tuple[str, ...]
@@ -130,6 +141,7 @@ class RunSettings:
     report: ReportConfig
     prune: PruneSettings
     finetune: FinetuneSettings
+    dense: DenseSettings
     optimizer: OptimizerSpec
     scheduler: Schedule
     regularizer: Regularizer
@@ -191,6 +203,11 @@ def parse_config(cfg: DictConfig) -> RunSettings:
     prune = to_settings(PruneSettings, resolved["prune"], "prune")
     optimizer = parse_optimizer("optimizer", resolved["optimizer"], "optimizer.lr")
     finetune = _parse_finetune(resolved["finetune"], optimizer)
+    dense = to_settings(DenseConfig, resolved["dense"], "dense")
+    dense_lr = optimizer.lr if dense.lr is None else dense.lr
+    dense_settings = DenseSettings(
+        dense.epochs, dataclasses.replace(optimizer, lr=dense_lr), Path(dense.cache_dir)
+    )
     scheduler = build("scheduler", as_dict(resolved["scheduler"]), SCHEDULES)
     regularizer = parse_regularizer(resolved["regularizer"])
     model_node = as_dict(resolved["model"])
@@ -209,6 +226,7 @@ def parse_config(cfg: DictConfig) -> RunSettings:
         report=report,
         prune=prune,
         finetune=finetune,
+        dense=dense_settings,
         optimizer=optimizer,
         scheduler=scheduler,
         regularizer=regularizer,
@@ -240,7 +258,11 @@ def _parse_dataset(node: Any) -> DatasetSpec:
     return DatasetSpec("dataset", name, builder, options, **declared)
 
 
-STAGE_ONLY_GROUPS = ("prune", "finetune")  # a group read by the stage of the same name only
+STAGE_ONLY_GROUPS = (
+    "dense",
+    "prune",
+    "finetune",
+)  # a group read by the stage of the same name only
 
 
 def unused_stage_overrides(stages: Sequence[str], overrides: Sequence[str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""The three stages. Each mutates the run's model and returns its stage-specific figures;
+"""The stages (dense, train, prune, finetune). Each mutates the run's model and returns its stage-specific figures;
 `run.py` times each stage and measures the model after it. Stages read the run's typed
 settings (`ctx.settings`, see settings.py), never the raw config.
 
@@ -8,6 +8,7 @@ per stage (pruning changes the shapes), and only rank 0 writes checkpoints."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ from sparsenet.checkpoint import shape_spec
 from sparsenet.data import DataSplits
 from sparsenet.errors import RunDiverged
 from sparsenet.pipeline import distributed
+from sparsenet.pipeline.dense_cache import dense_entry
 from sparsenet.pipeline.distributed import Ranks
 from sparsenet.pipeline.engine import StepSettings, evaluate, parameter_groups, train_epoch
 from sparsenet.pipeline.resume import (
@@ -35,6 +37,7 @@ from sparsenet.pipeline.schedules import make_schedule
 from sparsenet.pipeline.settings import OptimizerSpec, RunSettings
 from sparsenet.pruning import prune_units
 from sparsenet.regularizers.base import Regularizer
+from sparsenet.runtime import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +185,41 @@ def _resume_stage(ctx: RunContext, optimizer, scheduler, scaler) -> int:
     return int(state["stage_epoch"])
 
 
+def dense_stage(ctx: RunContext) -> dict:
+    """Train without the regularizer for dense.epochs, or take the network of the same
+    configuration from the dense cache (dense_cache.py). Either way the run continues with
+    the same weights, history, random state and data order."""
+    run = ctx.settings
+    entry = dense_entry(run, ctx.data_fingerprint)
+    lock = entry.lock() if ctx.ranks.is_main else contextlib.nullcontext()
+    with lock:
+        record = distributed.from_main(ctx.ranks, entry.lookup)
+        if record is not None:
+            ctx.resume_state = None  # a checkpoint of this run's own unfinished dense training
+            ctx.model.load_state_dict(entry.load().state_dict())
+            ctx.history = list(record["history"])
+            figures = {**record["figures"], "reused": True}
+            if ctx.ranks.is_main:
+                log.info("dense: reusing the network of %s", entry.folder)
+        else:
+            seed_everything(run.seed)  # the network is a function of its identity only
+            if ctx.resume_state is None:
+                ctx.train_loader.set_epoch(0)
+            figures = _fit(ctx, "dense", run.dense.epochs, run.dense.optimizer, None)
+            figures.update(
+                lr=run.dense.optimizer.lr,
+                trained_wall_s=round(ctx.stage_wall_s(), 3),
+                cache=str(entry.folder),
+            )
+            if ctx.ranks.is_main:
+                entry.store(ctx.model, run.model.as_config(), figures, ctx.history)
+                log.info("dense: stored the network in %s", entry.folder)
+            figures = {**figures, "reused": False}
+    seed_everything(run.seed + 1)  # the train stage starts from the same state either way
+    ctx.train_loader.set_epoch(run.dense.epochs)
+    return figures
+
+
 def train_stage(ctx: RunContext) -> dict:
     """Train from scratch with loss = CE + R(model)."""
     run = ctx.settings
@@ -241,4 +279,9 @@ def finetune_stage(ctx: RunContext) -> dict:
     return {**figures, "lr": settings.lr, "optimizer": settings.optimizer.label}
 
 
-STAGES = {"train": train_stage, "prune": prune_stage, "finetune": finetune_stage}
+STAGES = {
+    "dense": dense_stage,
+    "train": train_stage,
+    "prune": prune_stage,
+    "finetune": finetune_stage,
+}
