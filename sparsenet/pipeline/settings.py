@@ -258,11 +258,8 @@ def _parse_dataset(node: Any) -> DatasetSpec:
     return DatasetSpec("dataset", name, builder, options, **declared)
 
 
-STAGE_ONLY_GROUPS = (
-    "dense",
-    "prune",
-    "finetune",
-)  # a group read by the stage of the same name only
+# Groups read by the stage of the same name only.
+STAGE_ONLY_GROUPS = ("dense", "prune", "finetune")
 
 
 def unused_stage_overrides(stages: Sequence[str], overrides: Sequence[str]) -> list[str]:
