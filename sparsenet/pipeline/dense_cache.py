@@ -8,8 +8,8 @@ miss.
 Identity of a dense network (`dense_identity`): everything that determines it and nothing
 else, hashed by the same rule as a run's identity (`resume.config_hash`: keys that say where
 the data lies or how progress is shown are dropped):
-    dataset, model (with model.weights), optimizer, scheduler, train.* but train.epochs,
-    dense.* but dense.cache_dir, seed
+    dataset, model (with model.weights), optimizer (at the lr the dense stage uses: dense.lr,
+    else optimizer.lr), scheduler, train.* but train.epochs, dense.epochs, seed
 and the data's fingerprint (`sparsenet.data.data_fingerprint`): the same files anywhere
 match, other files never do. The regularizer, prune.*, finetune.* and report.* do not enter.
 The stage reseeds before training, so the network is a function of this identity alone,
@@ -59,11 +59,13 @@ def dense_identity(settings: RunSettings) -> dict:
     resolved config."""
     config = settings.config
     train = {k: v for k, v in config["train"].items() if k != "epochs"}
-    dense = {k: v for k, v in config["dense"].items() if k != "cache_dir"}
+    dense = {k: v for k, v in config["dense"].items() if k not in ("cache_dir", "lr")}
+    # the lr the dense stage trains at (dense.lr, else optimizer.lr), not the train stage's
+    optimizer = {**config["optimizer"], "lr": settings.dense.optimizer.lr}
     return {
         "dataset": config["dataset"],
         "model": config["model"],
-        "optimizer": config["optimizer"],
+        "optimizer": optimizer,
         "scheduler": config["scheduler"],
         "train": train,
         "dense_stage": dense,  # not "dense": config_hash drops that node outside a dense run
