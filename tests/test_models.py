@@ -18,7 +18,7 @@ from sparsenet.models.resnet_cifar import resnet_cifar
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 
 # Smaller than the builders' defaults where that keeps the tests fast (ImageNet nets at 64x64).
-TEST_SHAPES = {"resnet18": (3, 64, 64), "resnet50": (3, 64, 64)}
+TEST_SHAPES = {"resnet18": (3, 64, 64), "resnet50": (3, 64, 64), "torchvision": (3, 32, 32)}
 
 # Parameter counts worked out by hand; (num_classes, count). conv = k*k*C_in*C_out (+ C_out
 # bias), BN = 2*C, Linear = n_in*n_out + n_out.
@@ -48,6 +48,8 @@ EXPECTED_PARAMS = {
     # torchvision's published sizes (ImageNet, 1000 classes)
     "resnet18": (1000, 11_689_512),
     "resnet50": (1000, 25_557_032),
+    # the default arch, mobilenet_v2, unadapted at 3x224x224 (torchvision's published size)
+    "torchvision": (1000, 3_504_872),
 }
 
 

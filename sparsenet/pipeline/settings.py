@@ -39,7 +39,7 @@ from sparsenet.config.schema import (
 from sparsenet.data import DATASETS
 from sparsenet.errors import ConfigError
 from sparsenet.models import MODELS
-from sparsenet.pipeline.initial_weights import apply_init, resolve_init
+from sparsenet.pipeline.initial_weights import PretrainedWeights, apply_init, resolve_init
 from sparsenet.pipeline.schedules import SCHEDULES, Schedule
 from sparsenet.pruning.criteria import PruneSettings
 from sparsenet.regularizers.base import Regularizer, regularizable_layers
@@ -78,7 +78,7 @@ class BuilderSpec:
 class ModelSpec(BuilderSpec):
     """The model's builder and options, and the weights it starts from (`model.weights`)."""
 
-    weights: Path | None = None  # (the MLP builders' own `init` is their init scheme)
+    weights: Path | PretrainedWeights | None = None  # (the MLP builders' `init`: their scheme)
 
     def build(self, **extra: Any) -> Any:
         return apply_init(super().build(**extra), self.weights, self.as_config())
@@ -214,7 +214,7 @@ def parse_config(cfg: DictConfig) -> RunSettings:
     model = ModelSpec(
         "model",
         *_builder_options("model", model_node, MODELS, ("weights",)),
-        weights=resolve_init(model_node.get("weights")),
+        weights=resolve_init(model_node.get("weights"), model_node),
     )
     dataset = _parse_dataset(resolved["dataset"])
     return RunSettings(

@@ -44,9 +44,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from sparsenet.pruning.folded import FoldedConv2d, customized_pruners
+from sparsenet.pruning import channel_select, folded
+from sparsenet.pruning.folded import FoldedConv2d
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)  # the layers that have units (and are regularized)
+CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)  # statistics across units
 KINDS = ("out", "in", "bn")
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
 
@@ -57,14 +59,20 @@ def output_layers(model: nn.Module) -> list[nn.Module]:
     return layers[-1:]
 
 
+def customized_pruners() -> dict[type, tp.pruner.function.BasePruningFunc]:
+    """sparsenet's own layers and their torch-pruning pruners (FoldedConv2d, ChannelSelect)."""
+    return {**folded.customized_pruners(), **channel_select.customized_pruners()}
+
+
 def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     """torch-pruning's DependencyGraph of `model` (traced in eval mode, the model's mode is
-    restored), with the pruner of FoldedConv2d registered."""
+    restored), with the pruners of sparsenet's layers registered and the edges through
+    ChannelSelect modules added."""
     was_training = model.training
     model.eval()
     try:
         with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(
+            graph = tp.DependencyGraph().build_dependency(
                 model,
                 example_inputs=example,
                 verbose=False,
@@ -72,6 +80,28 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
             )
     finally:
         model.train(was_training)
+    channel_select.link(graph)
+    return graph
+
+
+def is_grouped_conv(module: nn.Module) -> bool:
+    """A Conv2d with 1 < groups that is not depthwise (groups = in = out channels)."""
+    if not isinstance(module, nn.Conv2d) or module.groups == 1:
+        return False
+    return not (module.groups == module.in_channels == module.out_channels)
+
+
+def exclusion(module: nn.Module) -> str | None:
+    """Why a unit that touches `module` cannot be removed exactly (None: it can); see
+    `EXCLUDED` in the module docstring."""
+    if is_grouped_conv(module):
+        return "feeds or is a grouped conv (its groups must stay equally wide)"
+    if isinstance(module, CHANNEL_NORMS):
+        return (
+            f"passes a {type(module).__name__} (it normalises over channels: removing one "
+            "changes the others)"
+        )
+    return None
 
 
 @dataclass
@@ -131,10 +161,16 @@ class UnitGroups:
         self.graph = build_graph(model, example)
         names = {m: n for n, m in model.named_modules()}
         self.groups: list[UnitGroup] = []
+        self.excluded: dict[str, str] = {}  # root layer -> why its units are not units
         for group in self.graph.get_all_groups(
             ignored_layers=output_layers(model), root_module_types=LAYER_TYPES
         ):
             root = group[0].dep
+            reasons = [exclusion(item.dep.target.module) for item in group.items]
+            reasons = [r for r in reasons if r is not None]
+            if reasons:
+                self.excluded[names[root.target.module]] = reasons[0]
+                continue
             collected: dict[tuple[int, str], tuple[nn.Module, list[int], list[int]]] = {}
             seen: set[tuple[int, str, int]] = set()
             for item in group.items:
