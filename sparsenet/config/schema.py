@@ -114,6 +114,40 @@ class DenseConfig(Schema):
     cache_dir: str = setting(Text())
 
 
+@dataclass
+class CsvLoggerConfig(Schema):
+    """conf/logger/csv.yaml: history.csv and metrics.json, which every run writes anyway."""
+
+
+@dataclass
+class TensorBoardLoggerConfig(Schema):
+    """conf/logger/tensorboard.yaml: event files in <run>/tensorboard/."""
+
+    every_n_steps: int = setting(Integer(low=1))
+
+
+@dataclass
+class MlflowLoggerConfig(Schema):
+    """conf/logger/mlflow.yaml: `tracking_uri` null is the local store in `local_dir` (SQLite
+    database and artifact folder, no server); any other value is MLflow's tracking URI."""
+
+    tracking_uri: str | None = setting(Text(optional=True))
+    local_dir: str = setting(Text())
+    experiment: str = setting(Text())
+    every_n_steps: int = setting(Integer(low=1))
+    close_timeout_s: float = setting(Number(above=0))
+
+
+# The logger node holds one entry per chosen logger (`logger=[tensorboard,mlflow]` merges both
+# files, each of which holds only its own entry), so its keys depend on the choice: `Any` in
+# RunConfig, each entry checked against its schema above by settings.parse_config.
+LOGGER_SCHEMAS = {
+    "csv": CsvLoggerConfig,
+    "tensorboard": TensorBoardLoggerConfig,
+    "mlflow": MlflowLoggerConfig,
+}
+
+
 @dataclass(frozen=True)
 class StagesCheck(Check):
     optional: bool = False
@@ -177,6 +211,7 @@ class RunConfig(RunKeys):
     finetune: FinetuneConfig = MISSING
     dense: DenseConfig = MISSING
     report: ReportConfig = MISSING
+    logger: Any = MISSING  # {name: options} of the chosen loggers (LOGGER_SCHEMAS)
     # An experiment bundle's published figures (conf/experiment/): read by the results page,
     # not by the run; free-form.
     reference: Any = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -69,11 +70,14 @@ def train_epoch(
     settings: StepSettings = StepSettings(),
     scaler: torch.amp.GradScaler | None = None,
     regularized: nn.Module | None = None,
+    on_step: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`; loss = cross-entropy + R(model). Returns epoch means.
 
     `regularized` is the module the regularizer reads (default `model`); it differs when
     `model` wraps it (DistributedDataParallel, torch.compile), whose module names differ.
+    `on_step(loss, reg)` (the tracking loggers', sparsenet/loggers/) gets each step's detached
+    loss and R (None unregularized) before the schedule moves the lr on.
 
     Data-parallel (`loader.world_size` W > 1, `model` in DDP): this process's part of a global
     batch of n samples gets loss W / n * sum of its CE + R. DDP averages the gradients over
@@ -115,6 +119,8 @@ def train_epoch(
         scaler.update()
         if regularize:
             regularizer.after_step(regularized, optimizer.param_groups[0]["lr"])
+        if on_step is not None:
+            on_step(loss.detach(), reg.detach() if regularize else None)
         if scheduler is not None:
             scheduler.step()
         correct += (logits.argmax(1) == y).sum()

@@ -41,7 +41,12 @@ IGNORED_KEYS = (
     "resume",
     "name",
     "reference",
+    "logger",
 )
+# Nodes ignored with every key under them: where a run is tracked (logger=..., and any
+# logger.mlflow.tracking_uri=... override) is not what it computes. A run re-run with another
+# logger is the same run, in the same folder, and is skipped or resumed as such.
+IGNORED_NODES = ("logger",)
 # Keys added after runs were made: hashed only when set away from the value that reproduces
 # those runs, so their folders keep their hash (a re-run still finds them completed). Declared
 # on the schema field (`setting(..., hash_unless=...)` in sparsenet/config/schema.py).
@@ -53,14 +58,16 @@ RESOLVER = "sparsenet.dirname"
 def run_dirname(overrides: Iterable[str]) -> str:
     """A folder name from the command-line overrides: sorted, ignored keys dropped, '/' made
     safe, long names cut and suffixed with a hash so they stay unique."""
-    kept = sorted(
-        str(o) for o in overrides if str(o).split("=", 1)[0].lstrip("+~") not in IGNORED_KEYS
-    )
+    kept = sorted(str(o) for o in overrides if not _ignored(str(o).split("=", 1)[0].lstrip("+~")))
     name = ",".join(kept).replace("/", "_") or "defaults"
     if len(name) > MAX_DIRNAME:
         digest = hashlib.sha1(name.encode()).hexdigest()[:10]
         name = f"{name[: MAX_DIRNAME - 11]}-{digest}"
     return name
+
+
+def _ignored(key: str) -> bool:
+    return key in IGNORED_KEYS or key.split(".", 1)[0].split("/", 1)[0] in IGNORED_NODES
 
 
 def register_resolvers() -> None:

@@ -26,6 +26,7 @@ from sparsenet.checkpoint import narrow_to_spec, save_pruned, set_aside_checkpoi
 from sparsenet.data import check_matches_config, data_fingerprint
 from sparsenet.data.loaders import make_loader
 from sparsenet.errors import ConfigError, OutputError, RunDiverged, UserInputError
+from sparsenet.loggers import open_loggers, track_completed
 from sparsenet.measure import dense_layer_units, describe_model, measure_latency_ms
 from sparsenet.pipeline import distributed
 from sparsenet.pipeline.distributed import Ranks
@@ -54,6 +55,7 @@ from sparsenet.runtime import (
 )
 
 METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
 log = logging.getLogger(__name__)
 
 
@@ -194,19 +196,28 @@ def _run(settings: RunSettings, run_dir: Path, ranks: Ranks) -> dict:
 
     # Rank 0 reads the folder; every process gets its decision and the same checkpoint.
     previous, checkpoint = distributed.from_main(ranks, find_previous)
+    ctx.config_hash = chash
+    ctx.data_fingerprint = fingerprint
     if previous is not None:
         if ranks.is_main:
             restore_hydra_record(run_dir)
+            track_completed(ctx, previous, _read_history(run_dir))  # a logger new to it
         return previous
-    ctx.config_hash = chash
-    ctx.data_fingerprint = fingerprint
     dense_units = dense_layer_units(ctx.model)
     first_stage = _restore(ctx, checkpoint) if checkpoint else 0
+    with open_loggers(ctx, resumed=checkpoint is not None) as ctx.loggers:
+        return _run_stages(ctx, checkpoint, first_stage, dense_units)
+
+
+def _run_stages(
+    ctx: RunContext, checkpoint: dict | None, first_stage: int, dense_units: dict[str, int]
+) -> dict:
+    settings, run_dir, ranks = ctx.settings, ctx.run_dir, ctx.ranks
     metrics: dict = {
         "schema": METRICS_SCHEMA,
         "status": "running",
-        "config_hash": chash,
-        "data_fingerprint": fingerprint,
+        "config_hash": ctx.config_hash,
+        "data_fingerprint": ctx.data_fingerprint,
         "config": settings.config,
         "regularizer": ctx.regularizer.describe(),
         "device": str(ctx.device),
@@ -230,6 +241,7 @@ def _run(settings: RunSettings, run_dir: Path, ranks: Ranks) -> dict:
         metrics["stages"][name] = {**_measure(ctx, dense_units), "wall_s": round(wall, 3), **extra}
         if ranks.is_main:
             atomic_write_json(run_dir / METRICS_FILE, metrics)
+        ctx.loggers.stage_end(ctx, name, metrics["stages"][name])
         ctx.save_checkpoint(index + 1, 0)
     metrics["summary"] = summarize(metrics["stages"])
     metrics["status"] = "completed"
@@ -237,7 +249,7 @@ def _run(settings: RunSettings, run_dir: Path, ranks: Ranks) -> dict:
         return metrics
     if ctx.history:
         atomic_write_bytes(
-            run_dir / "history.csv", pd.DataFrame(ctx.history).to_csv(index=False).encode()
+            run_dir / HISTORY_FILE, pd.DataFrame(ctx.history).to_csv(index=False).encode()
         )
     save_pruned(
         ctx.model.cpu(),
@@ -249,7 +261,16 @@ def _run(settings: RunSettings, run_dir: Path, ranks: Ranks) -> dict:
     atomic_write_json(run_dir / METRICS_FILE, metrics)
     (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # model/ now holds the result
     keep_hydra_record(run_dir)
+    ctx.loggers.finish(metrics)  # the files above are written: loggers attach them
     return metrics
+
+
+def _read_history(run_dir: Path) -> list[dict]:
+    """history.csv's rows ([] when there is none, or it cannot be read)."""
+    try:
+        return pd.read_csv(run_dir / HISTORY_FILE).to_dict("records")
+    except (OSError, ValueError):
+        return []
 
 
 def _record_failure(ctx: RunContext, metrics: dict, diverged: RunDiverged) -> dict:
@@ -266,11 +287,12 @@ def _record_failure(ctx: RunContext, metrics: dict, diverged: RunDiverged) -> di
         return metrics
     if ctx.history:
         atomic_write_bytes(
-            ctx.run_dir / "history.csv", pd.DataFrame(ctx.history).to_csv(index=False).encode()
+            ctx.run_dir / HISTORY_FILE, pd.DataFrame(ctx.history).to_csv(index=False).encode()
         )
     atomic_write_json(ctx.run_dir / METRICS_FILE, metrics)
     (ctx.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     keep_hydra_record(ctx.run_dir)
+    ctx.loggers.finish(metrics)
     log.error("run failed: %s -> %s", describe_failure(metrics), ctx.run_dir / METRICS_FILE)
     return metrics
 

@@ -28,16 +28,20 @@ from sparsenet.config.checks import Integer, Number, Sizes
 from sparsenet.config.components import PARTIAL, TARGET, as_dict, build, call, check_options
 from sparsenet.config.components import select as select_component
 from sparsenet.config.schema import (
+    LOGGER_SCHEMAS,
     DenseConfig,
     FinetuneConfig,
+    MlflowLoggerConfig,
     ReportConfig,
     RunKeys,
+    TensorBoardLoggerConfig,
     TrainConfig,
     composition_error,
     to_settings,
 )
 from sparsenet.data import DATASETS
 from sparsenet.errors import ConfigError
+from sparsenet.loggers import check_installed
 from sparsenet.models import MODELS
 from sparsenet.pipeline.initial_weights import PretrainedWeights, apply_init, resolve_init
 from sparsenet.pipeline.schedules import SCHEDULES, Schedule
@@ -132,6 +136,19 @@ class DenseSettings:
 
 
 @dataclass(frozen=True)
+class LoggerSettings:
+    """logger=...: the options of each tracking logger chosen (None: not chosen). csv needs
+    none: history.csv and metrics.json are always written."""
+
+    tensorboard: TensorBoardLoggerConfig | None = None
+    mlflow: MlflowLoggerConfig | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n in ("tensorboard", "mlflow") if getattr(self, n) is not None)
+
+
+@dataclass(frozen=True)
 class RunSettings:
     seed: int
     stages: tuple[str, ...]
@@ -148,6 +165,7 @@ class RunSettings:
     model: ModelSpec
     dataset: DatasetSpec
     config: dict  # the resolved config, as recorded in metrics.json
+    logger: LoggerSettings = LoggerSettings()
 
 
 def _resolved(cfg: DictConfig) -> dict:
@@ -217,6 +235,7 @@ def parse_config(cfg: DictConfig) -> RunSettings:
         weights=resolve_init(model_node.get("weights"), model_node),
     )
     dataset = _parse_dataset(resolved["dataset"])
+    logger = _parse_logger(resolved.get("logger"))
     return RunSettings(
         seed=keys.seed,
         stages=keys.stages,
@@ -233,6 +252,7 @@ def parse_config(cfg: DictConfig) -> RunSettings:
         model=model,
         dataset=dataset,
         config=resolved,
+        logger=logger,
     )
 
 
@@ -256,6 +276,32 @@ def _parse_dataset(node: Any) -> DatasetSpec:
         for key, check in DATASET_KEYS.items()
     }
     return DatasetSpec("dataset", name, builder, options, **declared)
+
+
+def _parse_logger(node: Any) -> LoggerSettings:
+    """The `logger` node: {name: options} of the chosen loggers, the others null (see
+    LOGGER_SCHEMAS). An entry without its YAML file's keys was set on the command line
+    without choosing the logger (`logger.mlflow.tracking_uri=...` alone)."""
+    node = {} if node is None else as_dict(node)
+    allowed = ", ".join(LOGGER_SCHEMAS)
+    chosen = {}
+    for name, options in node.items():
+        if name not in LOGGER_SCHEMAS:
+            raise ConfigError(f"logger.{name}", ConfigError.NO_VALUE, "is not a logger", allowed)
+        if options is None:
+            continue
+        schema = LOGGER_SCHEMAS[name]
+        missing = [f.name for f in dataclasses.fields(schema) if f.name not in options]
+        if missing:
+            raise ConfigError(
+                f"logger.{name}",
+                ConfigError.NO_VALUE,
+                f"has no {missing[0]}: its keys apply once the logger is chosen",
+                f"logger={name} (or logger=[...,{name}]) before logger.{name}.* overrides",
+            )
+        chosen[name] = to_settings(schema, options, f"logger.{name}")
+    check_installed(tuple(chosen))
+    return LoggerSettings(tensorboard=chosen.get("tensorboard"), mlflow=chosen.get("mlflow"))
 
 
 # Groups read by the stage of the same name only.

@@ -22,6 +22,7 @@ from torch import nn
 from sparsenet.checkpoint import shape_spec
 from sparsenet.data import DataSplits
 from sparsenet.errors import RunDiverged
+from sparsenet.loggers.base import Loggers
 from sparsenet.pipeline import distributed
 from sparsenet.pipeline.dense_cache import dense_entry
 from sparsenet.pipeline.distributed import Ranks
@@ -64,6 +65,7 @@ class RunContext:
     # plus this process's since `stage_started` (time.perf_counter()).
     stage_wall_before: float = 0.0
     stage_started: float = field(default_factory=time.perf_counter)
+    loggers: Loggers = field(default_factory=Loggers)  # tracking (sparsenet/loggers/), rank 0's
 
     def stage_wall_s(self) -> float:
         return self.stage_wall_before + (time.perf_counter() - self.stage_started)
@@ -142,6 +144,7 @@ def _fit(
                 settings=settings,
                 scaler=scaler,
                 regularized=ctx.model,
+                on_step=ctx.loggers.steps(ctx, optimizer),
             )
         except FloatingPointError as error:  # the engine's check of the epoch's loss
             raise RunDiverged(stage, epoch, str(error)) from error
@@ -152,6 +155,9 @@ def _fit(
             raise RunDiverged(stage, epoch, f"test loss became {stats['test_loss']}")
         last = {"stage": stage, "epoch": epoch, "lr": lr_now, **stats}
         ctx.history.append(last)
+        # Logged before the checkpoint: a process killed in between logs this epoch again
+        # when resumed, and the loggers keep one point per step (see sparsenet/loggers/).
+        ctx.loggers.epoch_end(ctx, regularizer)
         ctx.save_checkpoint(
             ctx.stage_index, epoch, optimizer=optimizer, scheduler=scheduler, scaler=scaler
         )
