@@ -314,3 +314,40 @@ def test_a_logger_without_its_package_names_the_extra(compose_cfg, quick_smoke, 
         'pip install "sparsenet[mlflow]" (from a checkout: pip install -e ".[mlflow]"), '
         "or another logger"
     )
+
+
+def test_a_sweeps_summary_files_go_to_one_mlflow_run(tmp_path, store):
+    from sparsenet.config.schema import MlflowLoggerConfig
+    from sparsenet.loggers.sweep import RUN_NAME, log_sweep_summary
+
+    sweep = tmp_path / "sweep"
+    (sweep / "seed=0").mkdir(parents=True)
+    for name in ("summary.csv", "summary.md", "summary.tex", "failed.csv"):
+        (sweep / name).write_text(name)
+    (sweep / "multirun.yaml").write_text("not a summary")
+    options = MlflowLoggerConfig(
+        tracking_uri=None,
+        local_dir=str(store),
+        experiment="swept",
+        every_n_steps=1,
+        close_timeout_s=1.0,
+    )
+    first = log_sweep_summary(sweep, options)
+    (sweep / "summary.md").write_text("updated")
+    assert log_sweep_summary(sweep, options) == first  # the same sweep: the same MLflow run
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    tracked = only_run(client, "swept")
+    assert tracked.info.run_name == RUN_NAME
+    assert {a.path for a in client.list_artifacts(first)} == {
+        "summary.csv",
+        "summary.md",
+        "summary.tex",
+        "failed.csv",
+    }
+    copy = mlflow.artifacts.download_artifacts(
+        run_id=first,
+        artifact_path="summary.md",
+        dst_path=str(tmp_path / "copy"),
+        tracking_uri=f"sqlite:///{store / 'mlflow.db'}",
+    )
+    assert Path(copy).read_text() == "updated"

@@ -235,7 +235,7 @@ def parse_config(cfg: DictConfig) -> RunSettings:
         weights=resolve_init(model_node.get("weights"), model_node),
     )
     dataset = _parse_dataset(resolved["dataset"])
-    logger = _parse_logger(resolved.get("logger"))
+    logger = parse_logger(resolved.get("logger"))
     return RunSettings(
         seed=keys.seed,
         stages=keys.stages,
@@ -278,7 +278,7 @@ def _parse_dataset(node: Any) -> DatasetSpec:
     return DatasetSpec("dataset", name, builder, options, **declared)
 
 
-def _parse_logger(node: Any) -> LoggerSettings:
+def parse_logger(node: Any) -> LoggerSettings:
     """The `logger` node: {name: options} of the chosen loggers, the others null (see
     LOGGER_SCHEMAS). An entry without its YAML file's keys was set on the command line
     without choosing the logger (`logger.mlflow.tracking_uri=...` alone)."""
