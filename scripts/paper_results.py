@@ -1,8 +1,19 @@
 """Write docs/results.md: every experiment bundle's runs beside the paper's figures.
 
-    python scripts/paper_results.py [FOLDER ...] [--out docs/results.md]
+    python scripts/paper_results.py [FOLDER ...] [--out docs/results.md] [--records results]
 
-FOLDERs (default: outputs/) are searched for runs (`metrics.json`); a run belongs to the bundle
+FOLDERs (default: outputs/) are searched for runs (`metrics.json`). Each completed run of a
+bundle found there is also kept as a *record* in the committed folder `--records`
+(`results/<bundle>/<sweep name>/<run folder>/`: its `metrics.json` and Hydra's
+`.hydra/{config,overrides,hydra}.yaml`, a few kB, no weights), and the page is built from the
+records of every run kept so far plus the runs found: results survive the machines that
+produced them, and the page can be rebuilt from the repository alone
+(`python scripts/paper_results.py results`). Sections of the page that the records do not
+cover (bundles measured before records were kept) are carried over verbatim from the page
+being replaced, and the page says which; the summary sections before "Every bundle" are
+rebuilt only when no bundle is carried over (they compare across all bundles).
+
+A run belongs to the bundle
 Hydra recorded as its `experiment=` choice, and the paper's figures come from the bundle's
 `reference:` block as the run saved it. Runs of a bundle are grouped by their command-line
 overrides without `seed` (seeds folded into mean ± sample std). A group is marked *shortened*
@@ -15,9 +26,12 @@ Nothing in the output is typed by hand: rerun this script after new runs.
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import statistics
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
@@ -80,6 +94,14 @@ def first(run: Run) -> dict:
     return next(iter(run.stages.values()))
 
 
+def before_pruning(run: Run) -> dict:
+    """The stage the prune stage started from (the regularized training), else the first."""
+    names = list(run.stages)
+    if "prune" in names and names.index("prune") > 0:
+        return run.stages[names[names.index("prune") - 1]]
+    return first(run)
+
+
 def group_key(run: Run) -> tuple:
     kept = {k: v for k, v in run.overrides.items() if k not in IGNORED_OVERRIDES}
     return tuple(sorted(kept.items()))
@@ -98,7 +120,7 @@ def shortened(runs: list[Run], schedule: dict) -> str:
 def describe_group(runs: list[Run]) -> dict:
     return {
         "seeds": len(runs),
-        "dense_acc": fmt_mean([first(r)["test_acc"] for r in runs]),
+        "dense_acc": fmt_mean([before_pruning(r)["test_acc"] for r in runs]),
         "acc": fmt_mean([final(r)["test_acc"] for r in runs]),
         "params_pct": fmt_mean([r.metrics["summary"]["params_kept_pct"] for r in runs], 1),
         "params": fmt_mean([final(r)["params"] for r in runs], 0),
@@ -255,36 +277,99 @@ def mnist_best(runs: list[Run]) -> list[str]:
     ]
 
 
+RECORD_FILES = ("metrics.json", ".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml")
+EVERY_BUNDLE = "## Every bundle"
+BUNDLE_HEADING = re.compile(r"^### `experiment=([^`]+)`$")
+
+
+def record_folder(records: Path, run: Run) -> Path:
+    """Where a run's record is kept: <records>/<bundle>/<sweep name>/<run folder name>."""
+    name = str(lookup(run.config, "name") or "default")
+    return records / str(run.choices["experiment"]) / name / run.path.name
+
+
+def keep_record(records: Path, run: Run) -> Path:
+    """Copy the run's record files (RECORD_FILES) into the records folder."""
+    target = record_folder(records, run)
+    for name in RECORD_FILES:
+        if (run.path / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run.path / name, target / name)
+    return target
+
+
+def old_sections(page: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """(the summary sections before "Every bundle", {bundle: its section}) of a page."""
+    if not page.is_file():
+        return [], {}
+    lines = page.read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    summary = lines[starts[0] : lines.index(EVERY_BUNDLE)] if EVERY_BUNDLE in lines else []
+    bundles: dict[str, list[str]] = {}
+    current = None
+    for line in lines[lines.index(EVERY_BUNDLE) + 1 :] if EVERY_BUNDLE in lines else []:
+        found = BUNDLE_HEADING.match(line)
+        if found:
+            current = found.group(1)
+            bundles[current] = []
+        if current is not None:
+            bundles[current].append(line)
+    return summary, bundles
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="*", default=["outputs"])
     parser.add_argument("--out", default="docs/results.md")
+    parser.add_argument("--records", default="results")
     args = parser.parse_args(argv)
-    runs = [r for r in find_runs(args.folders) if r.completed and r.choices.get("experiment")]
+    records = Path(args.records)
+    found = [r for r in find_runs(args.folders) if r.completed and r.choices.get("experiment")]
+    for run in found:
+        if not run.path.resolve().is_relative_to(records.resolve()):
+            keep_record(records, run)
+    runs = find_runs([records]) if records.is_dir() else []
+    runs = [r for r in runs if r.completed and r.choices.get("experiment")]
     by_bundle: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         by_bundle[str(run.choices["experiment"])].append(run)
-    if not by_bundle:
+    old_summary, old_bundles = old_sections(Path(args.out))
+    carried = sorted(set(old_bundles) - set(by_bundle))
+    if not by_bundle and not carried:
         print(f"no completed runs of an experiment bundle under {args.folders}", file=sys.stderr)
         return 1
     lines = [
         "# sparsenet's measured results beside the papers' figures",
         "",
-        "Generated by `python scripts/paper_results.py` from the runs under "
-        f"{', '.join(f'`{f}`' for f in args.folders)}; do not edit by hand. Accuracy is test "
-        "accuracy (%) after the run's last stage; *acc before pruning* is after the first "
-        "(training) stage, the dense network's accuracy in `regularizer=none` rows. "
-        "Hardware: 2 CPU cores, no GPU.",
+        f"Generated by `python scripts/paper_results.py` from the run records in `{records}/` "
+        "(kept there from each run's folder); do not edit by hand. Accuracy is test "
+        "accuracy (%) after the run's last stage; *acc before pruning* is after the stage the "
+        "prune stage started from (the regularized training; the dense network's accuracy in "
+        "`regularizer=none` rows). Hardware: 2 CPU cores, no GPU.",
         "",
     ]
+    if carried:
+        lines += [
+            "Carried over from the previous version of this page (measured before run records "
+            "were kept; rerun their commands to rebuild them): "
+            + ", ".join(f"`{b}`" for b in carried)
+            + ". The summary sections below are carried over with them.",
+            "",
+        ]
     with initialize_config_module("sparsenet.conf", version_base="1.3"):
-        lines += mnist_best(runs)
-        lines += paper_a_section(by_bundle)
-        lines += ["## Every bundle", ""]
-        for bundle in sorted(by_bundle):
-            lines += bundle_section(bundle, by_bundle[bundle])
+        if carried:
+            lines += old_summary
+        else:
+            lines += mnist_best(runs)
+            lines += paper_a_section(by_bundle)
+        lines += [EVERY_BUNDLE, ""]
+        for bundle in sorted(set(by_bundle) | set(carried)):
+            if bundle in by_bundle:
+                lines += bundle_section(bundle, by_bundle[bundle])
+            else:
+                lines += old_bundles[bundle]
     atomic_write_bytes(args.out, "\n".join(lines).encode())
-    print(f"wrote {args.out} ({sum(len(v) for v in by_bundle.values())} runs)")
+    print(f"wrote {args.out} ({len(runs)} run records, {len(carried)} bundles carried over)")
     return 0
 
 

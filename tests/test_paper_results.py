@@ -52,3 +52,16 @@ def test_results_page_folds_seeds_and_marks_shortened_runs(tmp_path):
     short_row = next(line for line in text.splitlines() if "`train.epochs=0`" in line)
     assert "train.epochs=0 (bundle: 1)" in short_row
     assert "sparsenet -m experiment=smoke report.latency_repeats=1 seed=0,1" in text
+
+    # the run records alone (outputs/ gone) rebuild the page; a bundle section of the old page
+    # whose runs have no records is carried over verbatim, and the page says so
+    assert (tmp_path / "results" / "smoke" / "smoke").is_dir()
+    old_section = "### `experiment=ancient`\n\n| a row measured long ago |\n"
+    out.write_text(text.replace("## Every bundle\n", "## Every bundle\n\n" + old_section))
+    for folder in (tmp_path / "outputs").iterdir():
+        subprocess.run(["rm", "-r", str(folder)], check=True)
+    _run([sys.executable, script, "results", "--out", str(out)], tmp_path)
+    rebuilt = out.read_text()
+    assert old_section in rebuilt
+    assert "Carried over from the previous version of this page" in rebuilt
+    assert bundle_row in rebuilt and short_row in rebuilt
