@@ -2,6 +2,7 @@
 train -> prune -> fine-tune) with logger=csv, tensorboard, mlflow and [tensorboard,mlflow].
 
     SPARSENET_DATA=../shared/data python scripts/bench_loggers.py [--rounds 5] [--epochs 3]
+        [--threads N]
 
 Each run is the `sparsenet` command in a process of its own, shortened to --epochs training
 epochs + 1 fine-tuning epoch (the default run has 10 + 3: every epoch does the same work, so
@@ -48,7 +49,7 @@ LOGGERS = {
 BASELINE = "csv"
 
 
-def one_run(label: str, workdir: Path, epochs: int) -> dict:
+def one_run(label: str, workdir: Path, epochs: int, threads: int) -> dict:
     """The default run with one logger; its per-epoch time and the process's wall time."""
     run_dir = workdir / "runs" / label
     command = [
@@ -62,6 +63,8 @@ def one_run(label: str, workdir: Path, epochs: int) -> dict:
         "resume=false",
         f"hydra.run.dir={run_dir}",
     ]
+    if threads:
+        command.append(f"train.num_threads={threads}")
     env = {**os.environ, "SPARSENET_DATA": str(DATA)}
     start = time.perf_counter()
     done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
@@ -106,7 +109,8 @@ def write_report(result: dict, out: Path) -> None:
         "",
         f"Default experiment on the real MNIST copy, shortened to {result['epochs']} training "
         f"+ 1 fine-tuning epochs, {result['rounds']} interleaved rounds; CPU "
-        f"({result['machine']}, {result['cores']} cores, torch {result['torch']}); "
+        f"({result['machine']}, {result['cores']} cores, {result['threads']} torch "
+        f"thread(s) per run, torch {result['torch']}); "
         f"load average {result['load_average_1min_at_start']} at the start, "
         f"{result['load_average_1min_at_end']} at the end (other jobs shared the cores).",
         "",
@@ -133,6 +137,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3, help="training epochs (+1 fine-tune)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="train.num_threads of each run (0: the default run's, torch's default); 1 on "
+        "cores other jobs share (OpenMP threads of a process that is descheduled stall)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     if not (DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
@@ -145,11 +156,12 @@ def main() -> None:
         for r in range(args.rounds):
             order = labels[r % len(labels) :] + labels[: r % len(labels)]
             for label in order:
-                result = one_run(label, Path(scratch), args.epochs)
+                result = one_run(label, Path(scratch), args.epochs, args.threads)
                 runs[label].append(result)
                 print(f"round {r + 1}/{args.rounds} {label}: {result}", flush=True)
     result = {
         "epochs": args.epochs,
+        "threads": args.threads or torch.get_num_threads(),
         "rounds": args.rounds,
         "machine": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
@@ -158,7 +170,7 @@ def main() -> None:
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "target_overhead_pct": 100 * TARGET,
         "command": "SPARSENET_DATA=../shared/data python scripts/bench_loggers.py "
-        f"--rounds {args.rounds} --epochs {args.epochs}",
+        f"--rounds {args.rounds} --epochs {args.epochs} --threads {args.threads}",
         "rows": summarize(runs),
         "runs": runs,
     }

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Scalars = dict[str, float]
+THREAD_PREFIX = "sparsenet-logger-"  # the backends' threads: sparsenet-logger-<name>
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class Worker:
         self.skip = False  # start() said the record already holds this run
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(
-            target=self._loop, name=f"sparsenet-{backend.name}", daemon=True
+            target=self._loop, name=THREAD_PREFIX + backend.name, daemon=True
         )
         self._thread.start()
 

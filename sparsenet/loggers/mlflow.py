@@ -20,7 +20,7 @@ there; the continued run logs only the steps past the latest `step/` or `epoch/`
 Cost: metrics are buffered and sent as one `log_batch` per epoch, from the logger's own
 thread (base.Worker). MLflow retries an unreachable server with growing pauses (7 times by
 default): unless the environment sets them, MLFLOW_HTTP_REQUEST_MAX_RETRIES is 2 and
-MLFLOW_HTTP_REQUEST_TIMEOUT 20 s here, so a dead server is given up within seconds.
+MLFLOW_HTTP_REQUEST_TIMEOUT 10 s here, so a dead server is given up within seconds.
 """
 
 from __future__ import annotations
@@ -34,17 +34,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from sparsenet.loggers.base import RunEnd, RunInfo, Scalars, hparams
+from sparsenet.loggers.base import THREAD_PREFIX, RunEnd, RunInfo, Scalars, hparams
 from sparsenet.runtime import atomic_write_json
 
 RUN_FILE = "mlflow_run.json"  # {tracking URI: run id}, in the run folder
 KEPT_PREFIXES = ("step/", "epoch/")
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 MAX_PARAM_LENGTH = 500  # MLflow's limit before 2.x raised it (older servers still apply it)
 BATCH = 1000  # metrics per log_batch call (MLflow's limit)
 PARAMS_BATCH = 100  # params per log_batch call (MLflow's limit)
 ARTIFACTS = ("metrics.json", "history.csv")
 HYDRA_FILES = ("config.yaml", "overrides.yaml")  # the run's composed config and its command
+
+
+def _not_from_loggers(record: logging.LogRecord) -> bool:
+    return not record.threadName.startswith(THREAD_PREFIX)
 
 
 def local_uri(local_dir: str | Path) -> str:
@@ -110,9 +114,13 @@ class MlflowLogger:
         from mlflow.tracking import MlflowClient
 
         # After the import, which sets mlflow's level: its INFO lines (creating the tables)
-        # are not the run's.
+        # are not the run's. Nor are urllib3's retry warnings on this logger's thread: the
+        # outcome is one warning (base.Worker), not one line per attempt.
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        retries = logging.getLogger("urllib3.connectionpool")
+        if _not_from_loggers not in retries.filters:
+            retries.addFilter(_not_from_loggers)
 
         self.run_dir = info.run_dir
         with store_lock(self.local_dir):
