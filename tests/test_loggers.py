@@ -151,6 +151,22 @@ def test_mlflow_writes_params_metrics_and_artifacts(compose_cfg, quick_smoke, tm
     assert json.loads(copy.read_text()) == json.loads((run_dir / "metrics.json").read_text())
 
 
+def test_config_keys_mlflow_refuses_are_renamed(store):
+    from sparsenet.loggers.mlflow import mlflow_key
+
+    # A layer pattern of regularizer.layers becomes part of a parameter's name.
+    names = {k: mlflow_key(k) for k in ("regularizer.layers.<output>", "regularizer.layers.fc*")}
+    assert names == {
+        "regularizer.layers.<output>": "regularizer.layers._output_",
+        "regularizer.layers.fc*": "regularizer.layers.fc_",
+    }
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("names")).info.run_id
+    for name in names.values():
+        client.log_param(run_id, name, "null")  # MLflow refuses the original names
+    assert set(client.get_run(run_id).data.params) == set(names.values())
+
+
 def test_a_resumed_run_keeps_one_tracking_record(
     compose_cfg, quick_smoke, tmp_path, store, monkeypatch
 ):

@@ -201,18 +201,18 @@ class UnitShare:
         from sparsenet.pruning.groups import unit_groups
 
         shapes = tuple(tuple(p.shape) for p in model.parameters())
-        if shapes != self._shapes:
-            self._shapes = shapes
-            try:
+        try:
+            if shapes != self._shapes:
+                self._shapes, self._groups = shapes, None
                 device = next(model.parameters()).device
                 example = torch.zeros(1, *self.input_shape, device=device)
                 self._groups = unit_groups(model, example)
-            except Exception as error:  # noqa: BLE001 - a figure we may go without
-                log.debug("no units_below_threshold for this model: %s", error)
-                self._groups = None
-        if self._groups is None or not len(self._groups):
+            if self._groups is None or not len(self._groups):
+                return None
+            scores = torch.cat([norms.score for norms in self._groups.unit_norms()])
+        except Exception as error:  # noqa: BLE001 - a figure the run can go without
+            log.debug("no units_below_threshold for this model: %s", error)
             return None
-        scores = torch.cat([norms.score for norms in self._groups.unit_norms()])
         return float((scores <= self.threshold).float().mean())
 
 

@@ -30,6 +30,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,12 @@ BATCH = 1000  # metrics per log_batch call (MLflow's limit)
 PARAMS_BATCH = 100  # params per log_batch call (MLflow's limit)
 ARTIFACTS = ("metrics.json", "history.csv")
 HYDRA_FILES = ("config.yaml", "overrides.yaml")  # the run's composed config and its command
+
+
+def mlflow_key(key: str) -> str:
+    """`key` with the characters MLflow refuses in names (it takes letters, digits, _ - . /
+    space and :) as '_': a regularizer's layer pattern `features.*` or `<output>`."""
+    return re.sub(r"[^\w\-. /:]", "_", key)
 
 
 def _not_from_loggers(record: logging.LogRecord) -> bool:
@@ -144,7 +151,9 @@ class MlflowLogger:
         }
         self.run_id = self.client.create_run(exp, tags=tags).info.run_id
         self._record_run()
-        params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in hparams(info.config).items()]
+        params = [
+            Param(mlflow_key(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in hparams(info.config).items()
+        ]
         for start in range(0, len(params), PARAMS_BATCH):
             self.client.log_batch(self.run_id, params=params[start : start + PARAMS_BATCH])
         return True
@@ -193,7 +202,7 @@ class MlflowLogger:
 
         now = int(time.time() * 1000)
         self.pending.extend(
-            Metric(key, value, now, step)
+            Metric(mlflow_key(key), value, now, step)
             for key, value in values.items()
             if not (step <= self.floor and key.startswith(KEPT_PREFIXES))
         )
