@@ -20,23 +20,23 @@ def count_nonzero_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """Multiply-accumulates of each Conv2d and Linear layer for one sample, by layer name.
+def layer_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """How many times each weight of each Conv2d and Linear layer is applied for one sample, by
+    layer name: the output positions H_out * W_out of a Conv2d (1 for a Linear on a vector;
+    the leading positions of a Linear on a sequence), summed over the calls of a module that
+    runs more than once. Found with forward hooks on one forward pass of a zero sample.
 
-    Conv2d: output elements * (C_in / groups) * kh * kw; Linear: n_in * n_out (per output
-    row). Bias adds, activations, pooling, BatchNorm and the border add of a FoldedConv2d
-    are not counted (they are foldable or element-wise).
-    """
+    This is the one definition of a multiply-accumulate: a weight costs one MAC per position
+    it is applied at, so a layer costs `positions * weights` (`layer_macs`) and a unit of it
+    the positions times its weights (sparsenet.pruning.cost, the cost-aware regularizers)."""
     names = {m: n for n, m in model.named_modules()}
-    macs: dict[str, int] = {n: 0 for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
+    positions: dict[str, int] = {
+        n: 0 for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)
+    }
 
     def hook(module, args, output):
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            count = output[0].numel() * (module.in_channels // module.groups) * kh * kw
-        else:
-            count = output[0].numel() * module.in_features
-        macs[names[module]] += int(count)
+        units = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+        positions[names[module]] += int(output[0].numel()) // units
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, LAYER_TYPES)]
     was_training = model.training
@@ -48,7 +48,20 @@ def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]
         for h in handles:
             h.remove()
         model.train(was_training)
-    return macs
+    return positions
+
+
+def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Multiply-accumulates of each Conv2d and Linear layer for one sample, by layer name:
+    positions * weights (`layer_positions`), i.e. Conv2d: output elements * (C_in / groups) *
+    kh * kw; Linear: n_in * n_out per output row. Bias adds, activations, pooling, BatchNorm
+    and the border add of a FoldedConv2d are not counted (they are foldable or element-wise).
+    """
+    modules = dict(model.named_modules())
+    return {
+        name: count * modules[name].weight.numel()
+        for name, count in layer_positions(model, input_shape).items()
+    }
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:

@@ -89,8 +89,9 @@ def group_soft_threshold(rows: torch.Tensor, tau: float | torch.Tensor) -> torch
     return rows * torch.clamp(1 - tau / norms.clamp_min(1e-12), min=0.0)
 
 
-def soft_threshold(weight: torch.Tensor, tau: float) -> torch.Tensor:
-    """Proximal operator of tau * ||w||_1: sign(w) * max(|w| - tau, 0)."""
+def soft_threshold(weight: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
+    """Proximal operator of tau * ||w||_1: sign(w) * max(|w| - tau, 0); `tau` may be a
+    tensor broadcast over `weight` (a threshold per group or row)."""
     return torch.sign(weight) * torch.clamp(weight.abs() - tau, min=0.0)
 
 
@@ -104,9 +105,14 @@ class _GroupPenalty(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, dims, group_coef, l1_coef):
         norms = torch.linalg.vector_norm(weight, ord=2, dim=dims, keepdim=True)
-        value = group_coef * norms.sum()
-        if l1_coef:
-            value = value + l1_coef * weight.abs().sum()
+        if isinstance(group_coef, torch.Tensor):  # one coefficient per group (cost-aware)
+            value = (group_coef * norms).sum()
+            if _nonzero(l1_coef):
+                value = value + (l1_coef * weight.abs()).sum()
+        else:  # one float for the layer: the original arithmetic, bit for bit
+            value = group_coef * norms.sum()
+            if l1_coef:
+                value = value + l1_coef * weight.abs().sum()
         ctx.save_for_backward(weight, norms)
         ctx.group_coef, ctx.l1_coef = group_coef, l1_coef
         return value
@@ -117,13 +123,23 @@ class _GroupPenalty(torch.autograd.Function):
         weight, norms = ctx.saved_tensors
         scale = (grad * ctx.group_coef / norms).masked_fill_(norms == 0, 0.0)
         out = weight * scale
-        if ctx.l1_coef:
+        if _nonzero(ctx.l1_coef):
             out.addcmul_(weight.sign(), grad * ctx.l1_coef)
         return out, None, None, None
 
 
+def _nonzero(coef: float | torch.Tensor) -> bool:
+    """Whether an l1 coefficient (a float, or per-group costs times one) adds a term."""
+    return isinstance(coef, torch.Tensor) or bool(coef)
+
+
 def group_penalty(
-    weight: torch.Tensor, structure: str, group_coef: float, l1_coef: float = 0.0
+    weight: torch.Tensor,
+    structure: str,
+    group_coef: float | torch.Tensor,
+    l1_coef: float | torch.Tensor = 0.0,
 ) -> torch.Tensor:
-    """group_coef * sum_g ||w_g||_2 + l1_coef * ||w||_1 over the groups of `structure`."""
+    """group_coef * sum_g ||w_g||_2 + l1_coef * ||w||_1 over the groups of `structure`; a
+    tensor coefficient holds one value per group, shaped like the group norms with keepdim
+    (broadcast over the group's weights for the l1 term)."""
     return _GroupPenalty.apply(weight, group_dims(weight, structure), group_coef, l1_coef)

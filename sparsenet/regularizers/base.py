@@ -20,6 +20,23 @@ after every optimizer step each regularized weight is replaced by
 so groups reach exact zeros instead of oscillating around zero under the subgradient.
 This is proximal gradient descent for plain SGD; with momentum or Adam it is the usual
 heuristic (the prox uses the scheduled lr, not the optimizer's effective step).
+
+Cost-aware weights (`cost`: null | macs | params | latency; MorphNet, Gordon et al., CVPR
+2018; docs/methods.md#cost-aware-weights): each group's term is multiplied by
+
+    k_g = cost_g(alive units now) / mean_{g' of the same structure} cost_g'(all units alive)
+
+cost_g the marginal cost of the group's unit (`sparsenet.pruning.cost`), recomputed from the
+alive units every `REFRESH_STEPS` calls of the regularizer; the mean is over every group of
+that structure in the regularized layers of the network as bound (dense, or pruned before
+fine-tuning) at full width. So at full width the average group has k_g = 1 (the strength
+keeps its scale; equal costs give the plain regularizer), and k_g falls with the real costs
+as the network narrows. The mean depends on the architecture only, not on the weights, so a
+resumed stage normalises as the uninterrupted one did. Null computes nothing and leaves every
+value as it was. This base class holds the hook (bind, refresh, normalisation); a class whose
+penalty has groups sets `cost_aware`, names the structures its `layer_penalty(weight, cost)`
+reads (`cost_structures`), and multiplies each group's term by `cost[structure]` (shaped like
+the group norms with keepdim).
 """
 
 from __future__ import annotations
@@ -30,8 +47,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from sparsenet.config.checks import Number
+from sparsenet.config.checks import Choice, Number
 from sparsenet.errors import ConfigError
+from sparsenet.pruning.cost import COSTS, REFRESH_STEPS, UnitCosts
 from sparsenet.pruning.groups import LAYER_TYPES  # the one definition of a prunable layer
 
 OUTPUT_LAYER = "<output>"
@@ -45,13 +63,18 @@ def regularizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 class Regularizer:
     """Base class. Layer-wise subclasses implement `layer_penalty(weight)` (without the
     strength) and, for the proximal option, `layer_prox(weight, tau)`; graph-wise ones
-    override `penalty` and `bind`."""
+    override `penalty` and `bind`. Cost-aware ones (`cost_aware`) take the group costs as
+    `layer_penalty(weight, cost)` and `layer_prox(weight, tau, cost)`, called so only when
+    `cost` is set."""
+
+    cost_aware = False  # whether the penalty has groups that `cost` can weight
 
     def __init__(
         self,
         strength: float = 0.0,
         layers: Mapping[str, float | None] | None = None,
         proximal: bool = False,
+        cost: str | None = None,
     ):
         self.strength = Number(low=0)("strength", strength)
         self.layer_scales: dict[str, float | None] = {}
@@ -69,6 +92,20 @@ class Regularizer:
             )
         self._targets: list[tuple[str, nn.Module, float]] | None = None
         self._model_id: int | None = None
+        self.set_cost(cost)
+        self._unit_costs: UnitCosts | None = None
+
+    def set_cost(self, cost: str | None) -> None:
+        """Validate and set `cost` (a combination passes its own to its parts)."""
+        cost = Choice(COSTS, optional=True)("cost", cost)
+        if cost is not None and not self.cost_aware:
+            raise ConfigError(
+                "cost",
+                cost,
+                f"is not available for {type(self).__name__} (its penalty has no groups)",
+                "null",
+            )
+        self.cost = cost
 
     # --- which layers -------------------------------------------------------------------
     def applies_to(self, module: nn.Module) -> bool:
@@ -114,6 +151,54 @@ class Regularizer:
         forgets cached per-model state; graph-aware subclasses build their groups here."""
         self.check_layer_patterns(model)
         self._targets = None
+        self.bind_costs(model, example_input)
+
+    # --- cost-aware weights (module docstring) ------------------------------------------
+    def cost_structures(self, module: nn.Module) -> tuple[str, ...]:
+        """The structures whose group costs `layer_penalty` reads for `module` (see
+        `sparsenet.pruning.cost`); elementwise penalties: each weight, 'weight'."""
+        return ("weight",)
+
+    def bind_costs(self, model: nn.Module, example_input: torch.Tensor) -> None:
+        """With `cost` set: the units' costs on this model, the stage's normalisers and the
+        first weights. Nothing otherwise."""
+        self._unit_costs = None
+        if self.cost is None:
+            return
+        self._unit_costs = UnitCosts(model, example_input, self.cost)  # all units alive
+        self._cost_means = _means(self.raw_costs(model), self._unit_costs.layers)
+        self._cost_calls = 0
+        self._unit_costs.refresh()
+        self._update_costs(model)
+
+    def raw_costs(self, model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+        """{layer name: {structure: cost of each group}} of the regularized layers."""
+        costs = self._unit_costs
+        return {
+            name: {s: costs.structure(name, s) for s in self.cost_structures(module)}
+            for name, module, _ in self.targets(model)
+        }
+
+    def _update_costs(self, model: nn.Module) -> None:
+        self.costs = {
+            name: {s: value / self._cost_means[s] for s, value in by_structure.items()}
+            for name, by_structure in self.raw_costs(model).items()
+        }
+
+    @torch.no_grad()
+    def refresh_costs(self, model: nn.Module) -> None:
+        """Once per step (from `__call__`): every `REFRESH_STEPS` calls the alive units and
+        the costs are recomputed from the current weights."""
+        if self._unit_costs is None:
+            return
+        self._cost_calls += 1
+        if self._cost_calls % REFRESH_STEPS == 0:
+            self._unit_costs.refresh()
+            self._update_costs(model)
+
+    def layer_cost(self, name: str) -> dict[str, torch.Tensor] | None:
+        """The normalised group costs of a regularized layer, or None without `cost`."""
+        return None if self._unit_costs is None else self.costs[name]
 
     # --- the penalty --------------------------------------------------------------------
     def layer_penalty(self, weight: torch.Tensor) -> torch.Tensor:
@@ -124,12 +209,22 @@ class Regularizer:
         Zero under the proximal option (the prox in `after_step` handles R)."""
         if self.proximal:
             return torch.zeros(())
-        terms = [scale * self.layer_penalty(m.weight) for _, m, scale in self.targets(model)]
+        terms = [
+            scale * self._layer_call(self.layer_penalty, name, m.weight)
+            for name, m, scale in self.targets(model)
+        ]
         if not terms:
             return torch.zeros(())
         return torch.stack(terms).sum()
 
+    def _layer_call(self, method, name: str, *args):
+        """`method(*args)`, with the layer's costs as a last argument when `cost` is set (a
+        regularizer without costs keeps its one-argument signature)."""
+        cost = self.layer_cost(name)
+        return method(*args) if cost is None else method(*args, cost)
+
     def __call__(self, model: nn.Module) -> torch.Tensor:
+        self.refresh_costs(model)
         return self.strength * self.penalty(model)
 
     @property
@@ -149,8 +244,9 @@ class Regularizer:
         """Called after every optimizer step with the current learning rate."""
         if not (self.proximal and self.active):
             return
-        for _, module, scale in self.targets(model):
-            module.weight.copy_(self.layer_prox(module.weight, lr * self.strength * scale))
+        for name, module, scale in self.targets(model):
+            tau = lr * self.strength * scale
+            module.weight.copy_(self._layer_call(self.layer_prox, name, module.weight, tau))
 
     def describe(self) -> dict:
         return {
@@ -158,7 +254,21 @@ class Regularizer:
             "strength": self.strength,
             "layers": dict(self.layer_scales),
             "proximal": self.proximal,
+            "cost": self.cost,
         }
+
+
+def _means(
+    raw: dict[str, dict[str, torch.Tensor]], layers: Mapping[str, nn.Module]
+) -> dict[str, torch.Tensor]:
+    """The mean cost of a group of each structure over all regularized layers."""
+    values: dict[str, list[torch.Tensor]] = {}
+    for name, by_structure in raw.items():
+        for s, value in by_structure.items():
+            if s == "weight":  # one group per weight: a row's cost counts once per weight
+                value = value.expand_as(layers[name].weight)
+            values.setdefault(s, []).append(value.reshape(-1))
+    return {s: torch.cat(v).mean() for s, v in values.items()}
 
 
 class NoRegularizer(Regularizer):

@@ -8,6 +8,10 @@ with its own `_target_`, which Hydra instantiates recursively (a plain mapping w
 `regularizer.strength=0` turns the combination off and `regularizer.parts.<name>.strength`
 tunes one part. After each step every part's hook runs in order with lr * strength (a
 proximal part thresholds by lr * strength * its own strength; SSL's zeroing needs no lr).
+`cost` (docs/methods.md#cost-aware-weights) is the default of the parts whose penalty has
+groups: each such part with no cost of its own takes it, a part's own `cost` wins, and a part
+without groups (variance) is left as it is. Each part weights, normalises and refreshes its
+own costs.
 See docs/methods.md#combining-regularizers.
 """
 
@@ -37,12 +41,15 @@ def _build(name: str, part) -> Regularizer:
 
 
 class Combined(Regularizer):
+    cost_aware = True  # through its parts
+
     def __init__(
         self,
         parts: Mapping[str, Regularizer] | Sequence[Regularizer],
         strength: float = 1.0,
+        cost: str | None = None,
     ) -> None:
-        super().__init__(strength=strength)
+        super().__init__(strength=strength, cost=cost)
         if isinstance(parts, Mapping):
             named = [(str(k), parts[k]) for k in parts]
         else:
@@ -50,6 +57,13 @@ class Combined(Regularizer):
         self.parts: dict[str, Regularizer] = {name: _build(name, part) for name, part in named}
         if not self.parts:
             raise ConfigError("parts", {}, "is empty", "at least one regularizer config")
+        if self.cost is not None:
+            weighted = [part for part in self.parts.values() if part.cost_aware]
+            if not weighted:
+                raise ConfigError("cost", self.cost, "has no part with groups to weight", "null")
+            for part in weighted:
+                if part.cost is None:
+                    part.set_cost(self.cost)
 
     def targets(self, model: nn.Module):
         """Union of the parts' layers (multiplier: the first part's that names the layer)."""
@@ -83,5 +97,6 @@ class Combined(Regularizer):
         return {
             "type": "Combined",
             "strength": self.strength,
+            "cost": self.cost,
             "parts": {name: part.describe() for name, part in self.parts.items()},
         }

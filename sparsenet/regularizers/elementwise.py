@@ -11,7 +11,10 @@ whole units die only when all of their weights do.
 
 Proximal option (off by default): L1 -> soft-thresholding sign(w) max(|w| - tau, 0), which
 gives exact zeros; L2 -> w / (1 + tau). tau = lr * strength * m_l.
-Method: docs/methods.md#l1-and-l2.
+Cost-aware weights (`cost`, base.py) [choice]: each weight is a group of its own and takes the
+cost factor k of the unit its row belongs to (the unit it feeds: a whole unit goes only when
+its weights do): R = sum k_w |w| (l1), 1/2 sum k_w w^2 (l2), and the prox uses tau * k_w.
+Method: docs/methods.md#l1-and-l2, docs/methods.md#cost-aware-weights.
 """
 
 from __future__ import annotations
@@ -23,22 +26,34 @@ from sparsenet.regularizers.base import Regularizer
 
 
 class L1(Regularizer):
-    def __init__(self, strength: float = 5e-4, layers=None, proximal: bool = False) -> None:
-        super().__init__(strength=strength, layers=layers, proximal=proximal)
+    cost_aware = True
 
-    def layer_penalty(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight.abs().sum()
+    def __init__(
+        self, strength: float = 5e-4, layers=None, proximal: bool = False, cost: str | None = None
+    ) -> None:
+        super().__init__(strength=strength, layers=layers, proximal=proximal, cost=cost)
 
-    def layer_prox(self, weight: torch.Tensor, tau: float) -> torch.Tensor:
-        return soft_threshold(weight, tau)
+    def layer_penalty(self, weight: torch.Tensor, cost=None) -> torch.Tensor:
+        if cost is None:
+            return weight.abs().sum()
+        return (cost["weight"] * weight.abs()).sum()
+
+    def layer_prox(self, weight: torch.Tensor, tau: float, cost=None) -> torch.Tensor:
+        return soft_threshold(weight, tau if cost is None else tau * cost["weight"])
 
 
 class L2(Regularizer):
-    def __init__(self, strength: float = 5e-4, layers=None, proximal: bool = False) -> None:
-        super().__init__(strength=strength, layers=layers, proximal=proximal)
+    cost_aware = True
 
-    def layer_penalty(self, weight: torch.Tensor) -> torch.Tensor:
-        return 0.5 * weight.pow(2).sum()
+    def __init__(
+        self, strength: float = 5e-4, layers=None, proximal: bool = False, cost: str | None = None
+    ) -> None:
+        super().__init__(strength=strength, layers=layers, proximal=proximal, cost=cost)
 
-    def layer_prox(self, weight: torch.Tensor, tau: float) -> torch.Tensor:
-        return weight / (1.0 + tau)
+    def layer_penalty(self, weight: torch.Tensor, cost=None) -> torch.Tensor:
+        if cost is None:
+            return 0.5 * weight.pow(2).sum()
+        return 0.5 * (cost["weight"] * weight.pow(2)).sum()
+
+    def layer_prox(self, weight: torch.Tensor, tau: float, cost=None) -> torch.Tensor:
+        return weight / (1.0 + (tau if cost is None else tau * cost["weight"]))

@@ -23,11 +23,16 @@ Proximal option ([choice], off by default): after each optimizer step apply grou
 soft-thresholding w_g <- w_g * max(0, 1 - lr * strength * m_l * c_g / ||w_g||), the exact
 proximal operator of lr * strength * R_GL, so dead groups reach exact zeros instead of
 oscillating around zero under the subgradient.
-Method and sources: docs/methods.md#group-lasso.
+Cost-aware weights (`cost`, base.py): every structure's group g gets the factor k_g of its
+cost (out: its unit's; in: the producing unit's, shared among the columns it owns; shape: the
+MACs of the kernel position in the alive filters; layer: the layer's; coupled: its unit's),
+R_GL = sum_g k_g c_g ||w_g||_2, and the prox thresholds by tau * k_g * c_g.
+Method and sources: docs/methods.md#group-lasso, docs/methods.md#cost-aware-weights.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -47,9 +52,12 @@ from sparsenet.regularizers._groups import (
 from sparsenet.regularizers.base import Regularizer
 
 GROUP_STRUCTURES = (*STRUCTURES, "coupled")
+COUPLED = "<coupled>"  # the costs of the coupled groups, beside the layers' in `costs`
 
 
 class GroupLasso(Regularizer):
+    cost_aware = True
+
     def __init__(
         self,
         strength: float = 1e-4,
@@ -58,8 +66,9 @@ class GroupLasso(Regularizer):
         proximal: bool = False,
         layers: Mapping[str, float | None] | None = None,
         include_batchnorm: bool = False,
+        cost: str | None = None,
     ) -> None:
-        super().__init__(strength=strength, layers=layers, proximal=proximal)
+        super().__init__(strength=strength, layers=layers, proximal=proximal, cost=cost)
         if structure not in GROUP_STRUCTURES:  # check_structure's list lacks `coupled`
             raise ConfigError(
                 "structure", structure, "is not a group structure", ", ".join(GROUP_STRUCTURES)
@@ -77,21 +86,38 @@ class GroupLasso(Regularizer):
         return self.structure != "shape" or isinstance(module, nn.Conv2d)
 
     def bind(self, model: nn.Module, example_input: torch.Tensor) -> None:
-        super().bind(model, example_input)
-        if self.structure == "coupled":
+        if self.structure == "coupled":  # before the base binds the costs, which read it
             self._coupled = CoupledGroups(
                 model, example_input, self._scale_for, self.include_batchnorm
             )
+        super().bind(model, example_input)
+
+    def cost_structures(self, module: nn.Module) -> tuple[str, ...]:
+        return () if self.structure == "coupled" else (self.structure,)
+
+    def raw_costs(self, model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+        raw = super().raw_costs(model)
+        if self.structure == "coupled":
+            units = self._unit_costs
+            raw[COUPLED] = {
+                "coupled": torch.cat([units.group(root) for root, _, _ in self._bound().roots])
+            }
+        return raw
 
     def _group_weight(self, weight: torch.Tensor) -> float:
         return math.sqrt(group_size(weight, self.structure)) if self.sqrt_weighting else 1.0
 
-    def layer_penalty(self, weight: torch.Tensor) -> torch.Tensor:
-        return group_penalty(weight, self.structure, self._group_weight(weight))
+    def layer_penalty(self, weight: torch.Tensor, cost=None) -> torch.Tensor:
+        coef = self._group_weight(weight)
+        if cost is not None:
+            coef = coef * cost[self.structure]
+        return group_penalty(weight, self.structure, coef)
 
-    def layer_prox(self, weight: torch.Tensor, tau: float) -> torch.Tensor:
+    def layer_prox(self, weight: torch.Tensor, tau: float, cost=None) -> torch.Tensor:
         rows = group_matrix(weight, self.structure)
         threshold = tau * self._group_weight(weight)
+        if cost is not None:
+            threshold = threshold * cost[self.structure].reshape(-1, 1)
         return ungroup(group_soft_threshold(rows, threshold), weight.shape, self.structure)
 
     # --- coupled groups -----------------------------------------------------------------
@@ -104,8 +130,10 @@ class GroupLasso(Regularizer):
         return self._coupled
 
     def _coupled_weights(self, groups: CoupledGroups) -> torch.Tensor:
-        """m_l * c_g for every coupled group."""
-        return groups.scales * (groups.sizes.sqrt() if self.sqrt_weighting else 1.0)
+        """m_l * c_g (times the cost factor k_g with `cost`) for every coupled group."""
+        weights = groups.scales * (groups.sizes.sqrt() if self.sqrt_weighting else 1.0)
+        cost = self.layer_cost(COUPLED)
+        return weights if cost is None else weights * cost["coupled"]
 
     def group_lasso_penalty(self, model: nn.Module) -> torch.Tensor:
         """R_GL without the strength (sum over layers for the layer-wise structures)."""
@@ -123,8 +151,9 @@ class GroupLasso(Regularizer):
     def group_prox_(self, model: nn.Module, tau: float) -> None:
         """In place: W <- prox of tau * R_GL (tau already holds lr * strength)."""
         if self.structure != "coupled":
-            for _, module, scale in self.targets(model):
-                module.weight.copy_(GroupLasso.layer_prox(self, module.weight, tau * scale))
+            prox = functools.partial(GroupLasso.layer_prox, self)  # not a subclass's override
+            for name, module, scale in self.targets(model):
+                module.weight.copy_(self._layer_call(prox, name, module.weight, tau * scale))
             return
         groups = self._bound()
         norms = groups.norms()

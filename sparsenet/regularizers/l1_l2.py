@@ -19,6 +19,13 @@ incoming weights; `in` and `shape` are allowed).
 Numerically safe [choice]: the denominator is sqrt(||x||_2^2 + eps^2), so an all-zero filter
 or layer gives ratio 0 with a finite (zero) gradient instead of 0/0; for any x with
 ||x||_2 >> eps the value is the ratio itself.
+Cost-aware weights (`cost`, base.py) [choice]: the filters' cost factors k_f (of `structure`;
+`layer` mode: the layer's) weight the sum that makes the penalty, the numerator of
+filter_norms, the filters of per_filter, the layer's ratio of layer:
+  filter_norms  sum_f k_f ||W_l[f]||_2 / ||v_l||_2
+  per_filter    sum_f k_f ratio(W_l[f])
+  layer         k_l ratio(W_l)
+so an expensive filter gains less from staying large than a cheap one.
 Method and sources: docs/methods.md#l1-over-l2-pseudo-norm.
 """
 
@@ -37,6 +44,8 @@ MODES = ("filter_norms", "per_filter", "layer")
 
 
 class L1L2(Regularizer):
+    cost_aware = True
+
     def __init__(
         self,
         strength: float = 1e-1,
@@ -45,9 +54,10 @@ class L1L2(Regularizer):
         eps: float = 1e-8,
         layers: Mapping[str, float | None] | None = None,
         proximal: bool = False,
+        cost: str | None = None,
     ) -> None:
         # no closed-form prox: proximal=true is refused by the base class with that reason
-        super().__init__(strength=strength, layers=layers, proximal=proximal)
+        super().__init__(strength=strength, layers=layers, proximal=proximal, cost=cost)
         self.mode = Choice(MODES)("mode", mode)
         self.structure = Choice(("out", "in", "shape"))("structure", structure)
         self.eps = Number(above=0)("eps", eps)
@@ -58,15 +68,20 @@ class L1L2(Regularizer):
     def _safe_l2(self, squares: torch.Tensor) -> torch.Tensor:
         return (squares + self.eps**2).sqrt()
 
-    def layer_penalty(self, weight: torch.Tensor) -> torch.Tensor:
+    def cost_structures(self, module: nn.Module) -> tuple[str, ...]:
+        return ("layer",) if self.mode == "layer" else (self.structure,)
+
+    def layer_penalty(self, weight: torch.Tensor, cost=None) -> torch.Tensor:
         if self.mode == "layer":
-            return weight.abs().sum() / self._safe_l2(weight.square().sum())
+            ratio = weight.abs().sum() / self._safe_l2(weight.square().sum())
+            return ratio if cost is None else cost["layer"].reshape(()) * ratio
         dims = group_dims(weight, self.structure)
         if self.mode == "per_filter":
-            return (weight.abs().sum(dims) / self._safe_l2(weight.square().sum(dims))).sum()
+            ratios = weight.abs().sum(dims) / self._safe_l2(weight.square().sum(dims))
+            return _weighted_sum(ratios, cost, self.structure)
         norms = torch.linalg.vector_norm(weight, ord=2, dim=dims)
         # ||W||_F^2 = sum_f ||W[f]||^2: from the few filter norms, not another pass over W
-        return norms.sum() / self._safe_l2(norms.square().sum())
+        return _weighted_sum(norms, cost, self.structure) / self._safe_l2(norms.square().sum())
 
     def describe(self) -> dict:
         return {
@@ -75,3 +90,10 @@ class L1L2(Regularizer):
             "structure": self.structure,
             "eps": self.eps,
         }
+
+
+def _weighted_sum(values: torch.Tensor, cost, structure: str) -> torch.Tensor:
+    """sum_f values[f], each times its filter's cost factor when `cost` is given."""
+    if cost is None:
+        return values.sum()
+    return (cost[structure].reshape(values.shape) * values).sum()

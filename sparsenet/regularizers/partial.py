@@ -30,11 +30,17 @@ loss is the plain cross-entropy of the logits, so that bug is not reproduced.
 The run's strength is strength * inner.strength (configs set inner.strength: 1.0); the
 inner's `layers` map picks layers and per-layer multipliers; the proximal option is the
 inner's (`inner.proximal`), applied to the regularized units only.
-Method and sources: docs/methods.md#partial-regularization.
+Cost-aware weights (`cost`, base.py; set here or in `inner`, not both differently): the costs
+are the whole network's, computed and normalised over all groups of the inner's layers, and
+restricted with the weight, so each penalized group keeps the factor it has in the inner
+regularizer; exempt groups stay free.
+Method and sources: docs/methods.md#partial-regularization,
+docs/methods.md#cost-aware-weights.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -60,6 +66,8 @@ def regularized_units(n: int, beta: float, rule: str = "last", seed: int = 0) ->
 
 
 class Partial(Regularizer):
+    cost_aware = True
+
     def __init__(
         self,
         inner: Regularizer,
@@ -69,6 +77,7 @@ class Partial(Regularizer):
         exempt: str = "last",
         units: str | None = None,
         seed: int = 0,
+        cost: str | None = None,
     ) -> None:
         if not isinstance(inner, Regularizer):
             raise ConfigError(
@@ -88,7 +97,16 @@ class Partial(Regularizer):
                 "has no per-layer penalty",
                 "GroupLasso, SparseGroupLasso, SSL, L1, L2, L1L2",
             )
-        super().__init__(strength=strength, proximal=False)
+        super().__init__(strength=strength, proximal=False, cost=cost)
+        if inner.cost is not None:  # applied here, restricted to the penalized units
+            if self.cost not in (None, inner.cost):
+                raise ConfigError(
+                    "cost",
+                    self.cost,
+                    f"differs from inner.cost='{inner.cost}'",
+                    f"null or {inner.cost}",
+                )
+            self.cost, inner.cost = inner.cost, None
         self.inner = inner
         self.proximal = inner.proximal
         self.beta = Number(above=1)("beta", beta)
@@ -109,6 +127,10 @@ class Partial(Regularizer):
     def bind(self, model: nn.Module, example_input: torch.Tensor) -> None:
         self.inner.bind(model, example_input)
         self._kept.clear()
+        self.bind_costs(model, example_input)
+
+    def cost_structures(self, module: nn.Module) -> tuple[str, ...]:
+        return self.inner.cost_structures(module)
 
     def kept_units(self, n: int) -> torch.Tensor:
         """Indices of the regularized units of a layer with n units (cached per n)."""
@@ -124,8 +146,17 @@ class Partial(Regularizer):
             return weight.narrow(dim, int(kept[0]) if len(kept) else 0, len(kept))
         return weight.index_select(dim, kept.to(weight.device))
 
-    def layer_penalty(self, weight: torch.Tensor) -> torch.Tensor:
-        return self.factor * self.inner.layer_penalty(self.restrict(weight))
+    def restrict_cost(self, cost: dict[str, torch.Tensor], select) -> dict[str, torch.Tensor]:
+        """The group costs of the penalized part: `select` (restrict, or an index_select)
+        along the unit axis, where a cost varies along it (one per row or column)."""
+        dim = UNIT_AXES[self.units]
+        return {s: c if c.shape[dim] == 1 else select(c) for s, c in cost.items()}
+
+    def layer_penalty(self, weight: torch.Tensor, cost=None) -> torch.Tensor:
+        if cost is None:
+            return self.factor * self.inner.layer_penalty(self.restrict(weight))
+        part = self.restrict(weight)
+        return self.factor * self.inner.layer_penalty(part, self.restrict_cost(cost, self.restrict))
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         if self.proximal:
@@ -145,12 +176,18 @@ class Partial(Regularizer):
         zero_small = getattr(self.inner, "zero_small_", None)  # SSL's zeroing of tiny weights
         if not (self.proximal or zero_small):
             return
-        for _, module, scale in self.targets(model):
+        for name, module, scale in self.targets(model):
             w = module.weight
             kept = self.kept_units(w.shape[dim]).to(w.device)
             part = w.index_select(dim, kept)
             if self.proximal:
-                part = self.inner.layer_prox(part, tau * scale)
+                cost = self.layer_cost(name)
+                if cost is None:
+                    part = self.inner.layer_prox(part, tau * scale)
+                else:
+                    select = functools.partial(torch.index_select, dim=dim, index=kept)
+                    cost = self.restrict_cost(cost, select)
+                    part = self.inner.layer_prox(part, tau * scale, cost)
             if zero_small is not None:
                 zero_small(part)
             w.index_copy_(dim, kept, part)
@@ -165,5 +202,6 @@ class Partial(Regularizer):
             "units": self.units,
             "seed": self.seed,
             "proximal": self.proximal,
+            "cost": self.cost,
             "inner": self.inner.describe(),
         }

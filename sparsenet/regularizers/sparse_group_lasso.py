@@ -12,7 +12,10 @@ Proximal option ([choice], off by default): elementwise soft-thresholding by
 lr * strength * m_l * w_1, then group soft-thresholding by lr * strength * m_l * w_GL * c_g
 (w_1, w_GL the two weights above). For non-overlapping groups this composition is the exact
 proximal operator of the sparse group lasso (Friedman, Hastie & Tibshirani 2010).
-Method and sources: docs/methods.md#sparse-group-lasso.
+Cost-aware weights (`cost`, base.py): a group's whole term, group norm and l1 of its weights,
+is multiplied by its cost factor k_g (the group lasso's); under `coupled`, whose groups
+overlap, the l1 term of a weight takes the factor of the unit its row belongs to.
+Method and sources: docs/methods.md#sparse-group-lasso, docs/methods.md#cost-aware-weights.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class SparseGroupLasso(GroupLasso):
         proximal: bool = False,
         layers: Mapping[str, float | None] | None = None,
         include_batchnorm: bool = False,
+        cost: str | None = None,
     ) -> None:
         super().__init__(
             strength=strength,
@@ -48,6 +52,7 @@ class SparseGroupLasso(GroupLasso):
             proximal=proximal,
             layers=layers,
             include_batchnorm=include_batchnorm,
+            cost=cost,
         )
         self.form = Choice(FORMS)("form", form)
         self.alpha = Number(low=0, high=1)("alpha", alpha)
@@ -56,20 +61,34 @@ class SparseGroupLasso(GroupLasso):
         else:
             self.group_weight, self.l1_weight = 1.0, 1.0
 
-    def layer_penalty(self, weight: torch.Tensor) -> torch.Tensor:
-        group_coef = self.group_weight * self._group_weight(weight)
-        return group_penalty(weight, self.structure, group_coef, self.l1_weight)
+    def cost_structures(self, module: nn.Module) -> tuple[str, ...]:
+        return ("weight",) if self.structure == "coupled" else (self.structure,)
 
-    def layer_prox(self, weight: torch.Tensor, tau: float) -> torch.Tensor:
-        shrunk = soft_threshold(weight, tau * self.l1_weight)
-        return super().layer_prox(shrunk, tau * self.group_weight)
+    def layer_penalty(self, weight: torch.Tensor, cost=None) -> torch.Tensor:
+        group_coef = self.group_weight * self._group_weight(weight)
+        if cost is None:
+            return group_penalty(weight, self.structure, group_coef, self.l1_weight)
+        factor = cost[self.structure]
+        return group_penalty(weight, self.structure, group_coef * factor, self.l1_weight * factor)
+
+    def layer_prox(self, weight: torch.Tensor, tau: float, cost=None) -> torch.Tensor:
+        if cost is None:
+            shrunk = soft_threshold(weight, tau * self.l1_weight)
+            return super().layer_prox(shrunk, tau * self.group_weight)
+        shrunk = soft_threshold(weight, tau * self.l1_weight * cost[self.structure])
+        return super().layer_prox(shrunk, tau * self.group_weight, cost)
+
+    def _l1(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """||W||_1 of a layer under `coupled`, each weight times its row's cost factor."""
+        cost = self.layer_cost(name)
+        return weight.abs().sum() if cost is None else (cost["weight"] * weight.abs()).sum()
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         if self.proximal:
             return torch.zeros(())
         if self.structure != "coupled":
             return self.group_lasso_penalty(model)  # layer_penalty already holds both terms
-        l1 = [scale * m.weight.abs().sum() for _, m, scale in self.targets(model)]
+        l1 = [scale * self._l1(name, m.weight) for name, m, scale in self.targets(model)]
         group = self.group_lasso_penalty(model)
         return self.group_weight * group + self.l1_weight * torch.stack(l1).sum()
 
@@ -79,11 +98,14 @@ class SparseGroupLasso(GroupLasso):
             return
         tau = lr * self.strength
         if self.structure != "coupled":
-            for _, module, scale in self.targets(model):
-                module.weight.copy_(self.layer_prox(module.weight, tau * scale))
+            super(GroupLasso, self).after_step(model, lr)  # the base's layer-wise prox
             return
-        for _, module, scale in self.targets(model):
-            module.weight.copy_(soft_threshold(module.weight, tau * scale * self.l1_weight))
+        for name, module, scale in self.targets(model):
+            threshold = tau * scale * self.l1_weight
+            cost = self.layer_cost(name)
+            if cost is not None:
+                threshold = threshold * cost["weight"]
+            module.weight.copy_(soft_threshold(module.weight, threshold))
         self.group_prox_(model, tau * self.group_weight)
 
     def describe(self) -> dict:

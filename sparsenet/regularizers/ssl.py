@@ -26,7 +26,11 @@ Proximal option ([choice], off by default): group soft-thresholding by
 lr * lambda_t * m_l, one group type after another in the order of the table. Exact for a
 single group type; for overlapping types (filter and channel share weights) it is the usual
 sequential approximation of the proximal operator of their sum.
-Method and sources: docs/methods.md#ssl.
+Cost-aware weights (`cost`, base.py): each group is multiplied by the cost factor of its
+structure: filter and `out` neuron groups their unit's, channel and `in` neuron groups the
+producing unit's, shape groups their kernel position's, depth groups their layer's; the
+factors are normalised per structure, so each group type keeps its strength's scale.
+Method and sources: docs/methods.md#ssl, docs/methods.md#cost-aware-weights.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ _CONV_STRUCTURE = {"filter": "out", "channel": "in", "shape": "shape", "depth": 
 
 
 class SSL(Regularizer):
+    cost_aware = True
+
     def __init__(
         self,
         strength: float = 3e-3,
@@ -59,8 +65,9 @@ class SSL(Regularizer):
         zero_threshold: float = 1e-4,
         proximal: bool = False,
         layers: Mapping[str, float | None] | None = None,
+        cost: str | None = None,
     ) -> None:
-        super().__init__(strength=strength, layers=layers, proximal=proximal)
+        super().__init__(strength=strength, layers=layers, proximal=proximal, cost=cost)
         given = dict(group_types if group_types is not None else {"filter": 1.0, "channel": 1.0})
         for name in given:
             Choice(GROUP_TYPES)("group_types", name)
@@ -81,12 +88,22 @@ class SSL(Regularizer):
     def applies_to(self, module: nn.Module) -> bool:
         return bool(self._structures(isinstance(module, nn.Conv2d)))
 
-    def layer_penalty(self, weight: torch.Tensor) -> torch.Tensor:
-        terms = [group_penalty(weight, s, lam) for s, lam in self._structures(weight.dim() == 4)]
+    def cost_structures(self, module: nn.Module) -> tuple[str, ...]:
+        return tuple(s for s, _ in self._structures(isinstance(module, nn.Conv2d)))
+
+    def _coefficients(self, weight: torch.Tensor, cost) -> list[tuple[str, float | torch.Tensor]]:
+        """(structure, lambda_t / strength, times the groups' cost factors with `cost`)."""
+        types = self._structures(weight.dim() == 4)
+        return types if cost is None else [(s, lam * cost[s]) for s, lam in types]
+
+    def layer_penalty(self, weight: torch.Tensor, cost=None) -> torch.Tensor:
+        terms = [group_penalty(weight, s, lam) for s, lam in self._coefficients(weight, cost)]
         return torch.stack(terms).sum() if terms else weight.new_zeros(())
 
-    def layer_prox(self, weight: torch.Tensor, tau: float) -> torch.Tensor:
-        for s, lam in self._structures(weight.dim() == 4):
+    def layer_prox(self, weight: torch.Tensor, tau: float, cost=None) -> torch.Tensor:
+        for s, lam in self._coefficients(weight, cost):
+            if isinstance(lam, torch.Tensor):
+                lam = lam.reshape(-1, 1)  # one threshold per row of the group matrix
             weight = ungroup(
                 group_soft_threshold(group_matrix(weight, s), tau * lam), weight.shape, s
             )

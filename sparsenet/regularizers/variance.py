@@ -185,9 +185,10 @@ class Variance(Regularizer):
         max_weights: int | None = None,
         layers: Mapping[str, float | None] | None = None,
         proximal: bool = False,
+        cost: str | None = None,
     ) -> None:
-        # no closed-form prox: proximal=true is refused by the base class with that reason
-        super().__init__(strength=strength, layers=layers, proximal=proximal)
+        # no closed-form prox and no groups: proximal=true and a cost are refused by the base
+        super().__init__(strength=strength, layers=layers, proximal=proximal, cost=cost)
         self.estimator = Choice(ESTIMATORS)("estimator", estimator)
         self.pi = Number(above=0, below=1)("pi", pi)
         self.s0 = Number(above=0)("s0", s0)
