@@ -8,7 +8,7 @@ exactly what `prune_units` would take away. It lives beside the pruner, not the 
 because a cost is a property of a unit group and of the network's shapes, which budget-aware
 pruning needs as much as the cost-aware regularizers (docs/methods.md#cost-aware-weights).
 
-Every weight of a Conv2d/Linear layer l costs
+Every weight of a Conv2d/Linear layer l costs omega_l:
 
     macs      P_l, the positions it is applied at per sample (H_out * W_out; 1 for a Linear):
               `measure.layer_positions`, the definition the reported MACs use
@@ -23,10 +23,10 @@ columns that belong to no unit (network inputs, the output layer, grouped convs)
 alive. The marginal cost of unit u counts every weight in u's rows and columns whose other
 end is alive:
 
-    cost(u) = sum_{rows r of u in layer l} w_l * k_l * alive_in_l(r)
-            + sum_{columns c of u in layer q} w_q * k_q * alive_out_q(c)  (+ extra(u))
+    cost(u) = sum_{rows r of u in layer l} omega_l * K_l * alive_in_l(r)
+            + sum_{columns c of u in layer q} omega_q * K_q * alive_out_q(c)  (+ extra(u))
 
-w_l the per-weight cost above, k_l = kh * kw (1 for a Linear), alive_in_l(r) the alive input
+omega_l the per-weight cost above, K_l = kh * kw (1 for a Linear), alive_in_l(r) the alive input
 channels of row r's group (all C_in / groups inputs for a plain conv), alive_out_q(c) the alive
 rows of the consumer q that read column c (a flattened channel owns H * W columns of a Linear,
 each counted). For `params`, extra(u) adds u's biases and BatchNorm weight and bias; for
@@ -40,14 +40,14 @@ Costs of the groups of each layer-wise structure (`structure(name, s)`, shaped l
 norms with keepdim, ready to multiply a layer's group terms):
 
     out     each row: the marginal cost of the unit that owns it; a row of no unit (the output
-            layer, a grouped conv) its own cost w_l * k_l * alive_in_l(r) (+ its bias)
+            layer, a grouped conv) its own cost omega_l * K_l * alive_in_l(r) (+ its bias)
     in      each column: the cost of the unit that produces it, divided among the columns of
             this layer that unit owns (a channel flattened into H * W Linear columns gives
             each 1 / (H * W)); a column of no unit (the network's input) its own cost
-            w_l * k_l * alive_out_l(c); grouped convs sum the channels one group position holds
-    shape   each kernel position W[:, c, y, x]: w_l * (alive rows), the MACs of its weights in
+            omega_l * K_l * alive_out_l(c); grouped convs sum the channels one group position holds
+    shape   each kernel position W[:, c, y, x]: omega_l * (alive rows), the MACs of its weights in
             the filters that stay (for the dense layer, the layer's cost / number of positions)
-    layer   the layer's alive cost, sum over groups of w_l * k_l * alive rows * alive inputs
+    layer   the layer's alive cost, sum over groups of omega_l * K_l * alive rows * alive inputs
             (+ the alive rows' biases)
     weight  each weight: the cost of its row (its unit), for elementwise penalties (l1, l2)
 
@@ -231,7 +231,7 @@ class UnitCosts:
             groups = getattr(module, "groups", 1)
             rows_alive = rows.view(groups, -1).sum(1)  # per conv group
             cols_alive = cols.view(groups, -1).sum(1)
-            unit = self.per_weight[name] * module.weight[0, 0].numel()  # w_l * k_l
+            unit = self.per_weight[name] * module.weight[0, 0].numel()  # omega_l * K_l
             row_cost = unit * cols_alive.repeat_interleave(len(rows) // groups)
             col_cost = unit * rows_alive.repeat_interleave(len(cols) // groups)
             layer[name] = (rows, row_cost, col_cost, unit * (rows_alive * cols_alive).sum())

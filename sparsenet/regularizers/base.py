@@ -274,8 +274,8 @@ def _means(
 class NoRegularizer(Regularizer):
     """R = 0: the dense baseline."""
 
-    def __init__(self, **_ignored) -> None:
-        super().__init__(strength=0.0)
+    def __init__(self, cost: str | None = None, **_ignored) -> None:
+        super().__init__(strength=0.0, cost=cost)  # a cost has nothing to weight: refused
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         return torch.zeros(())
