@@ -25,7 +25,9 @@ from sparsenet.regularizers._groups import soft_threshold
 from sparsenet.regularizers.base import Regularizer
 
 
-class L1(Regularizer):
+class _Elementwise(Regularizer):
+    """Every weight a group of its own; its cost factor is its row's (module docstring)."""
+
     cost_aware = True
 
     def __init__(
@@ -33,27 +35,26 @@ class L1(Regularizer):
     ) -> None:
         super().__init__(strength=strength, layers=layers, proximal=proximal, cost=cost)
 
+    @staticmethod
+    def _tau(tau: float, cost) -> float | torch.Tensor:
+        return tau if cost is None else tau * cost["weight"]
+
+
+class L1(_Elementwise):
     def layer_penalty(self, weight: torch.Tensor, cost=None) -> torch.Tensor:
         if cost is None:
             return weight.abs().sum()
         return (cost["weight"] * weight.abs()).sum()
 
     def layer_prox(self, weight: torch.Tensor, tau: float, cost=None) -> torch.Tensor:
-        return soft_threshold(weight, tau if cost is None else tau * cost["weight"])
+        return soft_threshold(weight, self._tau(tau, cost))
 
 
-class L2(Regularizer):
-    cost_aware = True
-
-    def __init__(
-        self, strength: float = 5e-4, layers=None, proximal: bool = False, cost: str | None = None
-    ) -> None:
-        super().__init__(strength=strength, layers=layers, proximal=proximal, cost=cost)
-
+class L2(_Elementwise):
     def layer_penalty(self, weight: torch.Tensor, cost=None) -> torch.Tensor:
         if cost is None:
             return 0.5 * weight.pow(2).sum()
         return 0.5 * (cost["weight"] * weight.pow(2)).sum()
 
     def layer_prox(self, weight: torch.Tensor, tau: float, cost=None) -> torch.Tensor:
-        return weight / (1.0 + (tau if cost is None else tau * cost["weight"]))
+        return weight / (1.0 + self._tau(tau, cost))
