@@ -48,6 +48,7 @@ def sweep_command(args: argparse.Namespace, out: Path, shared: bool) -> list[str
         f"train.epochs={args.train_epochs}",
         f"finetune.epochs={args.finetune_epochs}",
         "train.progress=false",
+        "train.num_threads=1",  # one thread per run: steadier on a shared machine
         f"dense.cache_dir={cache}",
         f"hydra.sweep.dir={out / 'runs'}",
     ]

@@ -3,6 +3,7 @@
 - accuracy versus parameters (or MACs) kept, one series per regularizer, mean ± std over
   seeds, with the Pareto front: the configurations no other one beats on both axes (fewer
   parameters kept and at least the accuracy, one of the two strictly);
+- fronts: every configuration of every method and each method's own front (fronts.py);
 - units kept per layer of chosen runs, beside the dense network's;
 - training curves of chosen runs from their history.csv: loss, accuracy, regularizer value
   and, when the history has a column for it, the share of zero groups.
@@ -18,6 +19,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from sparsenet.reporting.fronts import Front, pareto_front
 from sparsenet.reporting.runs import HISTORY_FILE, Run, swept_keys
 from sparsenet.reporting.summary import STD, Summary
 from sparsenet.runtime import atomic_write_bytes
@@ -38,22 +40,6 @@ def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
         atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)
     return paths
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points (kept, accuracy) that no other point dominates, by kept ascending.
-
-    j dominates i when kept_j <= kept_i and acc_j >= acc_i, one of them strictly."""
-    front = []
-    for i, (x, y) in enumerate(points):
-        dominated = any(
-            xj <= x and yj >= y and (xj < x or yj > y)
-            for j, (xj, yj) in enumerate(points)
-            if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: points[i])
 
 
 def _series_key(summary: Summary) -> str | None:
@@ -218,4 +204,37 @@ def plot_training_curves(
         ax.grid(True, alpha=0.3)
     fig.legend(loc="lower center", ncol=2, fontsize=7, bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout(rect=(0, 0.05 + 0.02 * len(histories), 1, 1))
+    return save_figure(fig, stem)
+
+
+def plot_fronts(fronts: Sequence[Front], stem: str | Path, measure: str = "macs") -> list[Path]:
+    """Every configuration (mean ± std over seeds), each method's front as a step line with
+    its points ringed (sparsenet.reporting.fronts)."""
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    for front in fronts:
+        points = front.points
+        bars = ax.errorbar(
+            points["cost"],
+            points["acc"],
+            yerr=points["acc_std"].fillna(0),
+            fmt="o",
+            capsize=3,
+            alpha=0.6,
+            label=front.method,
+        )
+        color = bars[0].get_color()
+        ax.step(front.front["cost"], front.front["acc"], where="post", color=color, linewidth=1.5)
+        ax.scatter(
+            front.front["cost"], front.front["acc"], s=120, facecolors="none", edgecolors=color
+        )
+    costs = [c for f in fronts for c in f.points["cost"] if c > 0]
+    if costs and max(costs) / min(costs) > 10:
+        ax.set_xscale("log")
+    what = "parameters" if measure == "params" else "MACs"
+    ax.set_xlabel(f"{what} kept (% of dense)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"accuracy-{what} front per method (fronts ringed)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
     return save_figure(fig, stem)
