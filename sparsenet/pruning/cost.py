@@ -140,10 +140,11 @@ def layer_latency_ms(
     return dict(zip(samples, times.tolist(), strict=True))
 
 
-def _alive_or_true(owner: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-    """1.0 where the owning unit is alive or there is no owner (-1), else 0.0."""
-    owned = owner >= 0
-    return torch.where(owned, alive[owner.clamp_min(0)], True).float()
+def _by_owner(owner: torch.Tensor, per_unit: torch.Tensor, unowned) -> torch.Tensor:
+    """per_unit[owner] where an entry has an owning unit, `unowned` where it has none (-1)."""
+    if not per_unit.numel():  # a network without units (a single layer): nothing is owned
+        return torch.as_tensor(unowned, device=owner.device).expand(owner.shape).clone()
+    return torch.where(owner >= 0, per_unit[owner.clamp_min(0)], unowned)
 
 
 class UnitCosts:
@@ -197,10 +198,7 @@ class UnitCosts:
             for n, t in cols.items()
         }
         # how many of this layer's columns the column's owner holds (1 where none owns it)
-        self.col_share = {
-            n: torch.where(t >= 0, counts[n][t.clamp_min(0)], 1).float()
-            for n, t in self.col_owner.items()
-        }
+        self.col_share = {n: _by_owner(t, counts[n], 1).float() for n, t in self.col_owner.items()}
         self.refresh(torch.ones(self.num_units, dtype=torch.bool, device=device))
 
     def _per_weight(self, model: nn.Module, input_shape: tuple[int, ...], cost: str):
@@ -226,8 +224,8 @@ class UnitCosts:
         units = self.extra.clone()
         layer = {}
         for name, module in self.layers.items():
-            rows = _alive_or_true(self.row_owner[name], self.alive)
-            cols = _alive_or_true(self.col_owner[name], self.alive)
+            rows = _by_owner(self.row_owner[name], self.alive, True).float()
+            cols = _by_owner(self.col_owner[name], self.alive, True).float()
             groups = getattr(module, "groups", 1)
             rows_alive = rows.view(groups, -1).sum(1)  # per conv group
             cols_alive = cols.view(groups, -1).sum(1)
@@ -259,10 +257,10 @@ class UnitCosts:
         if structure in ("out", "weight"):
             owner = self.row_owner[name]
             own = row_cost + self._bias(name)
-            return torch.where(owner >= 0, self.units[owner.clamp_min(0)], own).view(-1, 1, *ones)
+            return _by_owner(owner, self.units, own).view(-1, 1, *ones)
         if structure == "in":
             owner = self.col_owner[name]
-            costs = torch.where(owner >= 0, self.units[owner.clamp_min(0)], col_cost)
+            costs = _by_owner(owner, self.units, col_cost)
             costs = (costs / self.col_share[name]).view(-1, weight.shape[1]).sum(0)
             return costs.view(1, -1, *ones)
         if structure == "shape":
