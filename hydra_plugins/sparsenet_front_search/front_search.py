@@ -7,7 +7,6 @@ for the plugin.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from hydra.core.plugins import Plugins
@@ -21,12 +20,16 @@ EXTRA = "search"
 
 
 def check_optuna() -> None:
-    """One line naming the extra, before anything runs, when Optuna is missing."""
-    if importlib.util.find_spec("optuna") is None:
+    """One line naming the extra, before anything runs, when Optuna cannot be imported."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError as error:
+        missing = error.name == "optuna"
         raise ConfigError(
-            "hydra/sweeper=front_search needs the optuna package, which is not installed: "
-            f'pip install "sparsenet[{EXTRA}]" (from a checkout: pip install -e ".[{EXTRA}]")'
-        )
+            "hydra/sweeper=front_search needs the optuna package, "
+            + ("which is not installed" if missing else f"which fails to import ({error})")
+            + f': pip install "sparsenet[{EXTRA}]" (from a checkout: pip install -e ".[{EXTRA}]")'
+        ) from error
 
 
 class FrontSearchSweeper(Sweeper):
