@@ -41,11 +41,17 @@ def store(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("mlruns")
 
 
+# A loaded machine can take a minute to create the store's tables: the tests wait for the
+# logger's thread rather than read the store while it still writes.
+PATIENT = "logger.mlflow.close_timeout_s=600"
+
+
 def mlflow_overrides(store: Path, experiment: str) -> tuple[str, ...]:
     return (
         "logger.mlflow.every_n_steps=3",
         f"logger.mlflow.local_dir={store}",
         f"logger.mlflow.experiment={experiment}",
+        PATIENT,
     )
 
 
@@ -114,7 +120,7 @@ def test_tensorboard_writes_steps_epochs_units_and_hparams(compose_cfg, quick_sm
 
 def test_mlflow_writes_params_metrics_and_artifacts(compose_cfg, quick_smoke, tmp_path, store):
     run_dir = tmp_path / "run"
-    overrides = ("logger.mlflow.every_n_steps=3", f"logger.mlflow.local_dir={store}")
+    overrides = ("logger.mlflow.every_n_steps=3", f"logger.mlflow.local_dir={store}", PATIENT)
     metrics = run(compose_cfg, quick_smoke, run_dir, "logger=mlflow", *overrides)
     uri = f"sqlite:///{store / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -296,6 +302,11 @@ def test_another_logger_is_the_same_run_and_a_completed_run_is_logged_from_its_f
     run(compose_cfg, quick_smoke, run_dir, *traced)
     assert sorted((run_dir / "tensorboard").iterdir()) == events
     assert only_run(client, "replayed").info.run_id == tracked.info.run_id
+
+    # resume=false runs it again: a new MLflow run supersedes the old one (soft-deleted).
+    run(compose_cfg, quick_smoke, run_dir, *traced, "resume=false")
+    assert only_run(client, "replayed").info.run_id != tracked.info.run_id
+    assert client.get_run(tracked.info.run_id).info.lifecycle_stage == "deleted"
 
 
 def test_logging_does_not_change_what_a_run_computes(compose_cfg, quick_smoke, tmp_path):

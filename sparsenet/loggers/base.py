@@ -130,6 +130,8 @@ class Worker:
                 if method == "start":
                     self.skip = result is False
             except Exception as error:  # noqa: BLE001 - any backend error: drop the backend
+                if self.failed:  # close() gave up on it and said so already
+                    continue
                 self.failed = True
                 log.warning(
                     "logger %s disabled after an error; the run goes on (history.csv and "

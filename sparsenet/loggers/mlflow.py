@@ -15,7 +15,9 @@ folder as artifacts. A sweep's summary tables go to a run of their own (sweep.py
 
 Resuming: the run id is kept in <run>/mlflow_run.json (per tracking URI), so a resumed run
 continues its MLflow run. Points of the epoch a killed process left unfinished are already
-there; the continued run logs only the steps past the latest `step/` or `epoch/` point.
+there; the continued run logs only the steps past the latest `step/` or `epoch/` point. A run
+that starts over (resume=false, no usable checkpoint) deletes its earlier MLflow run (MLflow's
+soft delete: restorable) and starts a new one.
 
 Cost: metrics are buffered and sent as one `log_batch` per epoch, from the logger's own
 thread (base.Worker). MLflow retries an unreachable server with growing pauses (7 times by
@@ -142,8 +144,11 @@ class MlflowLogger:
             self.client.update_run(previous, status="RUNNING")
             self.floor = max(info.resume_step, self._latest_step())
             return True
-        if previous is not None and self._status(previous) == "RUNNING":
-            self.client.set_terminated(previous, status="KILLED")  # an abandoned attempt
+        if previous is not None:
+            # The run starts over (resume=false, or no usable checkpoint): its earlier MLflow
+            # run is superseded, as its files are. Deleted the way the UI deletes (restorable
+            # from the experiment's deleted runs), so the experiment keeps one run per job.
+            self.client.delete_run(previous)
         tags = {
             "mlflow.runName": info.run_name,
             "sparsenet.run_dir": str(info.run_dir.resolve()),

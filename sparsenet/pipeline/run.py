@@ -4,6 +4,7 @@ Outputs in the run folder:
   metrics.json   per stage: test_acc, params, nonzero_params, macs, layers, wall_s, latency_ms
   history.csv    per epoch of each training stage
   model/         the final model as shape spec + plain state_dict (see checkpoint.py)
+  tensorboard/, mlflow_run.json   with logger=tensorboard / mlflow (sparsenet/loggers/)
 
 In a data-parallel run (torchrun, or a submitit job of several tasks; see distributed.py)
 every process runs this, and rank 0 alone reads the previous results and checkpoint (its
