@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -289,8 +290,12 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="bench_loggers_") as scratch:
         if "e2e" in parts:
-            result["e2e"] = e2e(args, Path(scratch))
-            result["e2e"]["command"] = command.format(part="e2e") + f" --rounds {args.rounds}"
+            # The report is rewritten after every round: a stopped benchmark keeps its rounds.
+            def save(e2e_result: dict) -> None:
+                e2e_result["command"] = command.format(part="e2e") + f" --rounds {args.rounds}"
+                write_report({**result, "e2e": e2e_result}, args.out)
+
+            result["e2e"] = e2e(args, Path(scratch), save)
         if "direct" in parts:
             rows = []
             for label in LOGGERS:
@@ -304,10 +309,12 @@ def main() -> None:
                 "command": command.format(part="direct"),
                 "rows": rows,
             }
+    if "e2e" in parts:
+        result["e2e"]["command"] = command.format(part="e2e") + f" --rounds {args.rounds}"
     write_report(result, args.out)
 
 
-def e2e(args, scratch: Path) -> dict:
+def e2e(args, scratch: Path, save: Callable[[dict], None]) -> dict:
     load_start = round(os.getloadavg()[0], 2)
     runs: dict[str, list[dict]] = {label: [] for label in LOGGERS}
     labels = list(LOGGERS)
@@ -317,9 +324,14 @@ def e2e(args, scratch: Path) -> dict:
             result = one_run(label, scratch, args.epochs, args.threads)
             runs[label].append(result)
             print(f"round {r + 1}/{args.rounds} {label}: {result}", flush=True)
+        save(_e2e_result(args, runs, r + 1, load_start))
+    return _e2e_result(args, runs, args.rounds, load_start)
+
+
+def _e2e_result(args, runs: dict[str, list[dict]], rounds: int, load_start: float) -> dict:
     return {
         "epochs": args.epochs,
-        "rounds": args.rounds,
+        "rounds": rounds,
         "threads": args.threads or torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
