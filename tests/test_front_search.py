@@ -16,8 +16,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from hydra_plugins.sparsenet_front_search._results import outcome
+from hydra_plugins.sparsenet_front_search._search import check_settings
 from hydra_plugins.sparsenet_front_search._space import SearchSpace, flatten_params
-from hydra_plugins.sparsenet_front_search.config import DEFAULT_PARAMS
+from hydra_plugins.sparsenet_front_search.config import DEFAULT_PARAMS, FrontSearchConf
+from sparsenet.errors import ConfigError
 
 STRENGTH = "regularizer.strength"
 THRESHOLD = "prune.threshold"
@@ -64,6 +66,23 @@ def test_drawn_floats_are_written_with_three_significant_digits():
     assert SearchSpace.parse({}, ["a=interval(0,1)"], None).overrides({"a": 1 / 3}) == [
         f"a={1 / 3!r}"
     ]
+
+
+def test_bad_settings_are_refused_naming_the_key():
+    settings = {**FrontSearchConf().__dict__, "n_jobs": None}
+    check_settings(settings)
+    for key, value, message in (
+        ("cost", "flops", "hydra.sweeper.cost='flops' is not a cost; allowed: macs, params"),
+        (
+            "sampler",
+            "cma",
+            "hydra.sweeper.sampler='cma' is not a sampler; allowed: tpe, nsgaii, random",
+        ),
+        ("n_jobs", 0, "hydra.sweeper.n_jobs=0 is out of range; allowed: an integer >= 1"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            check_settings({**settings, key: value})
+        assert str(refused.value) == message
 
 
 def _metrics(folder: Path, record: dict) -> Path:
