@@ -1,7 +1,7 @@
 """Wall time of a strength x seed sweep with and without shared dense pretraining (issue 19).
 
-    python scripts/bench_dense_sharing.py [--strengths 5] [--seeds 3] [--train-subset 6000]
-        [--dense-epochs 3] [--train-epochs 2] [--finetune-epochs 1] [--out scripts/results]
+    python scripts/bench_dense_sharing.py [--strengths 5] [--seeds 3] [--train-subset 2000]
+        [--test-subset 2000] [--dense-epochs 2] [--train-epochs 2] [--finetune-epochs 1] [--out scripts/results]
 
 The same sweep, `sparsenet -m experiment=ssl_lenet5_pretrained` over S strengths x N seeds on an
 MNIST subset (short schedules: marked as such, this measures the sharing, not accuracy), run
@@ -44,6 +44,7 @@ def sweep_command(args: argparse.Namespace, out: Path, shared: bool) -> list[str
         f"regularizer.strength={strengths}",
         f"seed={','.join(str(s) for s in range(args.seeds))}",
         f"dataset.train_subset={args.train_subset}",
+        f"dataset.test_subset={args.test_subset}",
         f"dense.epochs={args.dense_epochs}",
         f"train.epochs={args.train_epochs}",
         f"finetune.epochs={args.finetune_epochs}",
@@ -80,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strengths", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--train-subset", type=int, default=6000)
-    parser.add_argument("--dense-epochs", type=int, default=3)
+    parser.add_argument("--train-subset", type=int, default=2000)
+    parser.add_argument("--test-subset", type=int, default=2000)
+    parser.add_argument("--dense-epochs", type=int, default=2)
     parser.add_argument("--train-epochs", type=int, default=2)
     parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--out", default="scripts/results")
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Shared dense pretraining: sweep wall time",
         "",
         f"{report['machine']}; {args.strengths} strengths x {args.seeds} seeds, "
-        f"MNIST subset of {args.train_subset:,} training images, dense {args.dense_epochs} + "
+        f"MNIST subsets of {args.train_subset:,} training and {args.test_subset:,} test "
+        f"images, dense {args.dense_epochs} + "
         f"train {args.train_epochs} + fine-tune {args.finetune_epochs} epochs (shortened "
         f"schedules: this measures the sharing, not accuracy); load average "
         f"{report['load_before']} before (2 = both cores busy with other work).",

@@ -153,14 +153,17 @@ def label(key: tuple) -> str:
 def bundle_section(bundle: str, runs: list[Run]) -> list[str]:
     reference = runs[0].config.get("reference") or {}
     schedule = bundle_schedule(bundle)
+    pretrained = any("dense" in r.stages for r in runs)  # a dense stage: its accuracy too
     lines = [
         f"### `experiment={bundle}`",
         "",
         f"Source: {reference.get('source', '—')}. Paper: {paper_figures(reference)}.",
         "",
-        "| runs | seeds | shortened | acc before pruning | final acc | params kept % | "
+        "| runs | seeds | shortened | "
+        + ("dense acc (dense stage) | " if pretrained else "")
+        + "acc before pruning | final acc | params kept % | "
         "params | MACs kept % | units per layer (final) | wall (min) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if pretrained else ""),
     ]
     groups = defaultdict(list)
     for run in runs:
@@ -170,8 +173,14 @@ def bundle_section(bundle: str, runs: list[Run]) -> list[str]:
         commands.append(f"- `{command(members)}`")
         d = describe_group(members)
         short = shortened(members, schedule) or "no"
+        dense = (
+            fmt_mean([r.stages["dense"]["test_acc"] for r in members if "dense" in r.stages])
+            + " | "
+            if pretrained
+            else ""
+        )
         lines.append(
-            f"| {label(key)} | {d['seeds']} | {short} | {d['dense_acc']} | {d['acc']} | "
+            f"| {label(key)} | {d['seeds']} | {short} | {dense}{d['dense_acc']} | {d['acc']} | "
             f"{d['params_pct']} | {d['params']} | {d['macs_pct']} | {d['units']} | "
             f"{d['wall_min']} |"
         )

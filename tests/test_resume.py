@@ -32,6 +32,26 @@ def test_config_hash_ignores_where_data_lives_but_not_what_is_computed():
     assert config_hash(base) != config_hash(reseeded)
 
 
+def test_runs_made_before_cost_weights_keep_their_hash():
+    """`cost: null` (the behaviour before cost-aware weights) anywhere in the regularizer node,
+    parts and inner ones included, hashes as the config without the key; a cost does not."""
+    before = {"seed": 0, "regularizer": {"strength": 1.0, "parts": {"sgl": {"alpha": 0.1}}}}
+    null = {
+        "seed": 0,
+        "regularizer": {
+            "strength": 1.0,
+            "cost": None,
+            "parts": {"sgl": {"alpha": 0.1, "cost": None}},
+        },
+    }
+    weighted = {
+        "seed": 0,
+        "regularizer": {"strength": 1.0, "parts": {"sgl": {"alpha": 0.1, "cost": "macs"}}},
+    }
+    assert config_hash(null) == config_hash(before)
+    assert config_hash(weighted) != config_hash(before)
+
+
 def test_second_identical_command_skips_the_completed_run(sparsenet_cli, tmp_path):
     first = sparsenet_cli(*QUICK, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]

@@ -82,6 +82,7 @@ def config_hash(cfg: DictConfig | dict) -> str:
     resolved = json.loads(json.dumps(resolved, sort_keys=True, default=str))
     if "dense" not in resolved.get("stages", ()):  # read by that stage only, and added after
         resolved.pop("dense", None)  # runs were made: they keep their hash
+    _drop_null_costs(resolved.get("regularizer"))
     for key in (*IGNORED_KEYS, *HASHED_WHEN_CHANGED):
         node = resolved
         *parents, leaf = key.split(".")
@@ -92,6 +93,16 @@ def config_hash(cfg: DictConfig | dict) -> str:
         if key in IGNORED_KEYS or node[leaf] == HASHED_WHEN_CHANGED[key]:
             del node[leaf]
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _drop_null_costs(node: object) -> None:
+    """Remove `cost: null` anywhere in the regularizer node (its parts and inner ones too):
+    cost-aware weights were added after runs were made, and null is what those runs did."""
+    if isinstance(node, dict):
+        if "cost" in node and node["cost"] is None:
+            del node["cost"]
+        for value in node.values():
+            _drop_null_costs(value)
 
 
 def describe_failure(metrics: dict) -> str | None:
