@@ -82,8 +82,10 @@ ALIVE_THRESHOLD = 1e-3
 # saves it, at the price of a lag of up to K steps and of costs refreshed at other steps after
 # a resume.
 REFRESH_STEPS = 1
-LATENCY_BATCH = 128  # as report.latency_batch_size: the latency the cost model follows is the
-LATENCY_WARMUP = 3  # one the run reports
+# Latency is measured as a run reports it (`report.latency_batch_size` and `latency_repeats`
+# defaults, measure.measure_latency_ms's warm-up), so the cost model follows that figure.
+LATENCY_BATCH = 128
+LATENCY_WARMUP = 3
 LATENCY_REPEATS = 10
 
 
