@@ -209,8 +209,8 @@ def test_refresh_every_k_steps(monkeypatch):
 # --- cost: null -----------------------------------------------------------------------------
 def test_null_builds_nothing_and_keeps_the_layer_arithmetic(monkeypatch):
     """cost=null: no graph, no cost; the group term is the original float-coefficient code,
-    checked bit for bit against its formula (and an A/B training run against the previous
-    commit is in the change's report)."""
+    checked bit for bit against its formula (whole training runs against the code before the
+    option are recorded in docs/methods.md#cost-aware-weights)."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("cost=null must not compute costs")
@@ -234,8 +234,8 @@ def test_null_builds_nothing_and_keeps_the_layer_arithmetic(monkeypatch):
 
 # --- every family: penalty = sum_g k_g * term_g by a naive loop ------------------------------
 def _bound(reg: Regularizer, model: nn.Module, seed: int = 5) -> Regularizer:
-    """`reg` bound with cost=macs, then every cost factor replaced by a random positive one,
-    so the naive loops below check that each group gets its own factor."""
+    """`reg` bound (its cost set), then every cost factor replaced by a random positive one, so
+    the naive loops below check that each group gets its own factor."""
     reg.bind(model, EXAMPLE)
     generator = torch.Generator().manual_seed(seed)
     for by_structure in reg.costs.values():
