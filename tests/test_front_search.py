@@ -163,14 +163,14 @@ def _check_front_file(sweep: Path, study: optuna.Study) -> pd.DataFrame:
 def test_search_stores_its_study_writes_the_front_and_a_rerun_continues_it(sparsenet_cli, tmp_path):
     sweep = tmp_path / "sweep"
     command = (*SEARCH, f"hydra.sweep.dir={sweep}")
-    first = sparsenet_cli(*command, "hydra.sweeper.n_trials=3", cwd=tmp_path)
+    first = sparsenet_cli(*command, "hydra.sweeper.n_trials=2", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     study = _study(sweep)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert set(study.trials[0].params) == {STRENGTH, THRESHOLD}
     _check_trials_against_runs(sweep, study)
     _check_front_file(sweep, study)
-    assert "Front search: study 'smoke', 3 trials (3 completed, 0 failed)" in first.stdout
+    assert "Front search: study 'smoke', 2 trials (2 completed, 0 failed)" in first.stdout
     assert (sweep / "summary.csv").is_file()  # the sweep summary still runs after the search
     runs = {t.number: sweep / t.user_attrs["run"] / "metrics.json" for t in study.trials}
     before = {n: (p.read_bytes(), p.stat().st_mtime_ns) for n, p in runs.items()}
@@ -179,19 +179,32 @@ def test_search_stores_its_study_writes_the_front_and_a_rerun_continues_it(spars
     # A search killed while a run trained leaves its trial RUNNING.
     study.enqueue_trial({STRENGTH: 1e-3, THRESHOLD: 0.05})
     killed = study.ask(DIMENSIONS)
+    # Two trials that draw trial 0's values (they come first, in one batch of 2).
+    study.enqueue_trial(study.trials[0].params)
+    study.enqueue_trial(study.trials[0].params)
 
     again = sparsenet_cli(
-        *command, "hydra.sweeper.n_trials=5", "~hydra.callbacks.sweep_summary", cwd=tmp_path
+        *command,
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.n_jobs=2",
+        "~hydra.callbacks.sweep_summary",
+        cwd=tmp_path,
     )
     assert again.returncode == 0, again.stderr[-3000:]
     trials = _study(sweep).trials
-    assert [(t.params, t.values) for t in trials[:3]] == earlier
+    assert [(t.params, t.values) for t in trials[:2]] == earlier
+    # no earlier run was trained again (the repeats of trial 0 found its run completed)
     assert {n: (p.read_bytes(), p.stat().st_mtime_ns) for n, p in runs.items()} == before
+    repeats = trials[killed.number + 1 : killed.number + 3]
+    for repeat in repeats:
+        assert repeat.state == TrialState.COMPLETE and repeat.values == trials[0].values
+        assert repeat.user_attrs["run"] == trials[0].user_attrs["run"]
+    assert "Launching 1 jobs locally" in again.stderr + again.stdout  # the repeats' batch
     assert trials[killed.number].state == TrialState.FAIL
     (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
     assert retry.state == TrialState.COMPLETE and retry.params == killed.params
-    # 5 trials count: the 3 earlier ones, the retry and one new; the interrupted one does not
-    assert len(trials) == 6 and sum(t.state == TrialState.COMPLETE for t in trials) == 5
+    # 6 trials count: 2 earlier, 2 repeats, the retry and one new; the interrupted one does not
+    assert len(trials) == 7 and sum(t.state == TrialState.COMPLETE for t in trials) == 6
     _check_trials_against_runs(sweep, _study(sweep))
     _check_front_file(sweep, _study(sweep))
     report = (sweep / "front_search.md").read_text()
