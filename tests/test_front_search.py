@@ -4,12 +4,16 @@ Optuna's API and held against the runs' own metrics.json files."""
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
-from conftest import QUICK_SMOKE
+from conftest import QUICK_SMOKE, cli_env, run_sparsenet
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -314,3 +318,42 @@ def test_the_submitit_local_launcher_runs_a_batch_of_trials(sparsenet_cli, tmp_p
     )
     _launched_together(sweep, proc)
     assert any((sweep / ".submitit").iterdir())  # the jobs went through submitit
+
+
+@pytest.mark.slow
+def test_a_search_killed_mid_run_continues_that_run(tmp_path):
+    """SIGKILL to the search while a trial's run trains (after its first checkpoint); the same
+    command then fails that trial, asks its values again and the run resumes from its
+    checkpoint in the same folder."""
+    sweep = tmp_path / "sweep"
+    command = (
+        *SEARCH,
+        "dataset.train_size=2048",
+        "train.epochs=4",
+        "hydra.sweeper.n_trials=1",
+        f"hydra.sweep.dir={sweep}",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sparsenet", *command],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 180
+    while not list(sweep.glob("*/checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (checkpoint,) = sweep.glob("*/checkpoint.pt")
+    (killed,) = _study(sweep).trials
+    assert killed.state == TrialState.RUNNING
+
+    again = run_sparsenet(*command, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    killed, retry = _study(sweep).trials
+    assert killed.state == TrialState.FAIL and retry.user_attrs["retry_of"] == killed.number
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert sweep / retry.user_attrs["run"] == checkpoint.parent
+    assert "resuming" in again.stdout + again.stderr and not checkpoint.exists()
+    _check_trials_against_runs(sweep, _study(sweep))
