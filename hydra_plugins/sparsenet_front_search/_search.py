@@ -8,7 +8,15 @@ trials already finished are not asked again. A trial left RUNNING (the search wa
 its run trained) is told FAIL and its parameters are asked again first (user attribute
 `retry_of`); the retry has the same overrides, so it lands in the same run folder and sparsenet
 continues that run from its last checkpoint (or finds it completed). Only `<sweep dir>/
-.front_search.lock`'s holder may do this: a second search on the same folder is refused.
+.front_search.lock`'s holder may do this: a second search on the same folder is refused. (A
+`storage` shared by several sweep folders is not covered by that lock: run one search per
+study at a time.)
+
+Failures. A run that fails is a FAIL trial with its reason (`_results.py`), and the search
+goes on. A launcher that raises after some runs of its batch wrote their results (a joblib
+worker killed, a Slurm job lost) has each trial read from its run folder. One that fails before
+any run started (sbatch refusing the job array, no SLURM) stops the search with its error; the
+batch's trials stay RUNNING and are asked again by the next invocation.
 
 Trials with the same overrides (a choice drawn twice, a retry) share a run folder: within a
 batch they are launched once and all get its result; across batches sparsenet finds the run
