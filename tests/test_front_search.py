@@ -20,7 +20,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from hydra_plugins.sparsenet_front_search._results import outcome
-from hydra_plugins.sparsenet_front_search._search import check_settings
+from hydra_plugins.sparsenet_front_search._search import Search, check_settings
 from hydra_plugins.sparsenet_front_search._space import SearchSpace, flatten_params
 from hydra_plugins.sparsenet_front_search.config import DEFAULT_PARAMS, FrontSearchConf
 from sparsenet.errors import ConfigError
@@ -123,6 +123,26 @@ def test_a_trial_result_comes_from_the_job_or_its_metrics(tmp_path):
         tmp_path / "inf", {"status": "completed", "summary": {**summary, "test_acc": math.inf}}
     )
     assert outcome(None, nan, "macs").values is None
+
+
+class _BrokenLauncher:
+    def launch(self, job_overrides, initial_job_idx):
+        raise RuntimeError("worker killed")
+
+
+def test_a_launcher_that_breaks_after_runs_finished_leaves_each_trial_to_its_folder(tmp_path):
+    summary = {"test_acc": 97.5, "macs_kept_pct": 40.0}
+    done = _metrics(tmp_path / "done", {"status": "completed", "summary": summary})
+    lost = tmp_path / "lost"
+    search = Search.__new__(Search)  # only what _launch uses
+    search.launcher, search.returns = _BrokenLauncher(), []
+    search.config = OmegaConf.create({"hydra": {"hydra_logging": {"root": None}, "verbose": False}})
+    jobs = search._launch([("a=1",), ("a=2",)], [done, lost], 0)
+    assert jobs == [None, None]
+    assert outcome(jobs[0], done, "macs").values == (97.5, 40.0)
+    assert "no metrics.json" in outcome(jobs[1], lost, "macs").reason
+    with pytest.raises(RuntimeError, match="worker killed"):  # no run started: the error stands
+        search._launch([("a=2",)], [lost], 2)
 
 
 # --- real searches --------------------------------------------------------------------------
