@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -180,7 +181,7 @@ BAD_INPUTS = [
     ),
     (
         "stages=[train,squash]",
-        "stages=['train', 'squash'] names 'squash', not a stage; allowed: train, prune, finetune",
+        "stages=['train', 'squash'] names 'squash', not a stage; allowed: dense, train, prune, finetune",
     ),
 ]
 # Run through the real CLI too: one per kind of error path (Hydra composition, a missing
@@ -322,7 +323,14 @@ def test_random_valid_overrides_run_or_fail_cleanly(choice, strength, compose_cf
         "finetune=sgd",
     ],
 )
-def test_every_shipped_config_choice_validates(override, compose_cfg):
+def test_every_shipped_config_choice_validates(override, compose_cfg, tmp_path):
     """What the package ships passes the checks (a new key in a YAML file must be known to
-    sparsenet/pipeline/validate.py)."""
-    parse_config(compose_cfg(override))
+    sparsenet/pipeline/validate.py). A bundle that starts from another run's network is
+    pointed at a state_dict file of that model (its default folder exists after that run)."""
+    more = []
+    if override == "experiment=cifar10_resnet20_compress":
+        from sparsenet.models import get_model
+
+        torch.save(get_model("resnet20").state_dict(), tmp_path / "dense.pt")
+        more = [f"model.weights={tmp_path}/dense.pt"]
+    parse_config(compose_cfg(override, *more))
