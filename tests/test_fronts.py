@@ -101,6 +101,7 @@ def test_a_method_key_that_is_not_grouped_is_a_clear_error():
         build_fronts(_summary(), "macs", key="optimizer")
 
 
+@pytest.mark.slow  # a real sweep (~16 s): the fast tests above cover the figures
 @pytest.mark.usefixtures("one_torch_thread")
 def test_report_writes_front_tables_and_plot_from_a_sweep(sparsenet_cli, tmp_path):
     proc = sparsenet_cli(
