@@ -63,6 +63,7 @@ def test_single_run_writes_metrics_and_a_loadable_pruned_model(sparsenet_cli, tm
     assert "already completed with this config" in (run_dir / "cli.log").read_text()
 
 
+@pytest.mark.slow
 def test_multirun_sweeps_the_strength(sparsenet_cli, tmp_path):
     sweep_dir = tmp_path / "sweep"
     proc = sparsenet_cli(

@@ -273,6 +273,7 @@ def test_a_killed_torchrun_resumes_to_the_single_process_result(single_run, tmp_
     assert len(history) == len((single_run / "history.csv").read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_submitit_tasks_run_ddp_through_the_slurm_launcher_path(
     single_run, sparsenet_cli, tmp_path
 ):

@@ -184,6 +184,7 @@ def _check_front_file(sweep: Path, study: optuna.Study) -> pd.DataFrame:
     return front
 
 
+@pytest.mark.slow
 def test_search_stores_its_study_writes_the_front_and_a_rerun_continues_it(sparsenet_cli, tmp_path):
     sweep = tmp_path / "sweep"
     command = (*SEARCH, f"hydra.sweep.dir={sweep}")
@@ -236,6 +237,7 @@ def test_search_stores_its_study_writes_the_front_and_a_rerun_continues_it(spars
     assert f"interrupted; asked again as trial {retry.number}" in report
 
 
+@pytest.mark.slow
 def test_failed_runs_are_failed_trials_and_the_search_goes_on(sparsenet_cli, tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()

@@ -173,6 +173,7 @@ def test_config_keys_mlflow_refuses_are_renamed(store):
     assert set(client.get_run(run_id).data.params) == set(names.values())
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_one_tracking_record(
     compose_cfg, quick_smoke, tmp_path, store, monkeypatch
 ):
@@ -271,6 +272,7 @@ def test_a_backend_failing_mid_run_is_one_warning(
     assert steps in ([4], [4, 8])
 
 
+@pytest.mark.slow
 def test_another_logger_is_the_same_run_and_a_completed_run_is_logged_from_its_files(
     compose_cfg, quick_smoke, tmp_path, store
 ):

@@ -79,6 +79,7 @@ def test_a_folder_holding_another_config_is_not_overwritten(sparsenet_cli, tmp_p
     assert json.loads(kept)["config"]["seed"] == 0
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(sparsenet_cli, tmp_path):
     """SIGKILL after the first checkpointed epoch, run the same command again: every figure
     except timings equals the uninterrupted run's (same seed, CPU)."""
@@ -232,6 +233,7 @@ MNIST_RUN = (
 )
 
 
+@pytest.mark.slow
 def test_a_run_is_not_reused_on_other_data(sparsenet_cli, tmp_path, mnist_root):
     """dataset.root is not part of a run's folder name, but the data is part of its identity:
     other files at the same command refuse to reuse the results, and the run's .hydra record

@@ -108,7 +108,10 @@ REGULARIZERS = [name for name in config_choices("regularizer") if name != "none"
 
 @pytest.mark.parametrize(
     ("regularizer", "arch"),
-    [(r, ARCHS[i % len(ARCHS)]) for i, r in enumerate(REGULARIZERS)],
+    [  # one pair in the fast suite, the rest in the slow group (each trains a network)
+        pytest.param(r, ARCHS[i % len(ARCHS)], marks=() if i == 0 else pytest.mark.slow)
+        for i, r in enumerate(REGULARIZERS)
+    ],
 )
 def test_every_regularizer_drives_the_groups_of_torchvision_networks(
     regularizer, arch, compose_cfg
