@@ -36,6 +36,7 @@ from sparsenet.config.checks import (
     setting,
 )
 from sparsenet.errors import ConfigError
+from sparsenet.pruning.budget import BudgetSettings
 from sparsenet.pruning.criteria import PruneSettings
 
 SCHEMA_NAME = "sparsenet_schema"
@@ -208,6 +209,7 @@ class RunConfig(RunKeys):
     scheduler: Any = MISSING
     train: TrainConfig = MISSING
     prune: PruneSettings = MISSING
+    budget: BudgetSettings = MISSING
     finetune: FinetuneConfig = MISSING
     dense: DenseConfig = MISSING
     report: ReportConfig = MISSING

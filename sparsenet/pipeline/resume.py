@@ -82,6 +82,9 @@ def config_hash(cfg: DictConfig | dict) -> str:
     resolved = json.loads(json.dumps(resolved, sort_keys=True, default=str))
     if "dense" not in resolved.get("stages", ()):  # read by that stage only, and added after
         resolved.pop("dense", None)  # runs were made: they keep their hash
+    budget = resolved.get("budget")
+    if isinstance(budget, dict) and budget.get("target") is None:  # no budget: runs made
+        resolved.pop("budget")  # before budgets existed keep their hash
     _drop_null_costs(resolved.get("regularizer"))
     for key in (*IGNORED_KEYS, *HASHED_WHEN_CHANGED):
         node = resolved

@@ -45,6 +45,7 @@ from sparsenet.loggers import check_installed
 from sparsenet.models import MODELS
 from sparsenet.pipeline.initial_weights import PretrainedWeights, apply_init, resolve_init
 from sparsenet.pipeline.schedules import SCHEDULES, Schedule
+from sparsenet.pruning.budget import BudgetSettings, prune_settings_for
 from sparsenet.pruning.criteria import PruneSettings
 from sparsenet.regularizers.base import Regularizer, regularizable_layers
 from sparsenet.regularizers.combined import Combined
@@ -156,7 +157,7 @@ class RunSettings:
     resume: bool
     train: TrainConfig
     report: ReportConfig
-    prune: PruneSettings
+    prune: PruneSettings  # under a budget: the cut to it (budget.prune_settings_for)
     finetune: FinetuneSettings
     dense: DenseSettings
     optimizer: OptimizerSpec
@@ -166,6 +167,7 @@ class RunSettings:
     dataset: DatasetSpec
     config: dict  # the resolved config, as recorded in metrics.json
     logger: LoggerSettings = LoggerSettings()
+    budget: BudgetSettings = dataclasses.field(default_factory=BudgetSettings)
 
 
 def _resolved(cfg: DictConfig) -> dict:
@@ -218,7 +220,8 @@ def parse_config(cfg: DictConfig) -> RunSettings:
     train = to_settings(TrainConfig, resolved["train"], "train")
     select_device(train.device)  # "CUDA is not available here" before any work
     report = to_settings(ReportConfig, resolved["report"], "report")
-    prune = to_settings(PruneSettings, resolved["prune"], "prune")
+    budget = to_settings(BudgetSettings, resolved["budget"], "budget")
+    prune = prune_settings_for(budget, to_settings(PruneSettings, resolved["prune"], "prune"))
     optimizer = parse_optimizer("optimizer", resolved["optimizer"], "optimizer.lr")
     finetune = _parse_finetune(resolved["finetune"], optimizer)
     dense = to_settings(DenseConfig, resolved["dense"], "dense")
@@ -228,6 +231,14 @@ def parse_config(cfg: DictConfig) -> RunSettings:
     )
     scheduler = build("scheduler", as_dict(resolved["scheduler"]), SCHEDULES)
     regularizer = parse_regularizer(resolved["regularizer"])
+    if budget.active and not regularizer.active:
+        raise ConfigError(
+            "regularizer.strength",
+            regularizer.strength,
+            f"leaves nothing to control: budget.target={budget.target} moves the strength of "
+            f"a regularizer ({type(regularizer).__name__} is off)",
+            "a regularizer with strength > 0 (its starting point), or budget.target=null",
+        )
     model_node = as_dict(resolved["model"])
     model = ModelSpec(
         "model",
@@ -253,6 +264,7 @@ def parse_config(cfg: DictConfig) -> RunSettings:
         dataset=dataset,
         config=resolved,
         logger=logger,
+        budget=budget,
     )
 
 

@@ -37,6 +37,7 @@ from sparsenet.pipeline.resume import (
 from sparsenet.pipeline.schedules import make_schedule
 from sparsenet.pipeline.settings import OptimizerSpec, RunSettings
 from sparsenet.pruning import prune_units
+from sparsenet.pruning.budget import StrengthController
 from sparsenet.regularizers.base import Regularizer
 from sparsenet.runtime import seed_everything
 
@@ -102,9 +103,11 @@ def _fit(
     epochs: int,
     optimizer_spec: OptimizerSpec,
     regularizer: Regularizer | None,
+    controller: StrengthController | None = None,
 ) -> dict:
     """Train `epochs` epochs with the optimizer of `optimizer_spec` (at its lr) and the run's
-    schedule over this stage's steps."""
+    schedule over this stage's steps; `controller` (a budget) moves the regularizer's strength
+    after every step (sparsenet/pruning/budget.py)."""
     run = ctx.settings
     groups = parameter_groups(ctx.model, run.train.decay_norm_and_bias)
     optimizer = optimizer_spec.build(groups, optimizer_spec.lr)
@@ -120,6 +123,9 @@ def _fit(
     if regularizer is not None:
         example = torch.zeros(1, *ctx.data.input_shape, device=ctx.device)
         regularizer.bind(ctx.model, example)
+        if controller is not None:
+            controller.bind(ctx.model, example, regularizer, total_steps)
+    training_state = {} if controller is None else {"budget": controller}
     # Wrapped and compiled per stage: pruning changes the shapes. Parameters stay those of
     # ctx.model, which the regularizer reads and evaluation runs (each process its part).
     train_model = distributed.wrap(ctx.model, ctx.device, sync_batchnorm=run.train.sync_batchnorm)
@@ -127,10 +133,13 @@ def _fit(
     if run.train.compile:
         eval_model = torch.compile(ctx.model)
         train_model = eval_model if train_model is ctx.model else torch.compile(train_model)
-    start_epoch = _resume_stage(ctx, optimizer, scheduler, scaler)
+    start_epoch = _resume_stage(ctx, optimizer, scheduler, scaler, training_state)
     last: dict = ctx.history[-1] if start_epoch else {}
     for epoch in range(start_epoch + 1, epochs + 1):
         lr_now = optimizer.param_groups[0]["lr"]
+        on_step = ctx.loggers.steps(ctx, optimizer)  # counts from the epochs done
+        if controller is not None:
+            on_step = _also(on_step, controller.step)
         try:
             stats = train_epoch(
                 train_model,
@@ -144,7 +153,7 @@ def _fit(
                 settings=settings,
                 scaler=scaler,
                 regularized=ctx.model,
-                on_step=ctx.loggers.steps(ctx, optimizer),
+                on_step=on_step,
             )
         except FloatingPointError as error:  # the engine's check of the epoch's loss
             raise RunDiverged(stage, epoch, str(error)) from error
@@ -154,12 +163,19 @@ def _fit(
             # The last step of the epoch can break the weights after the loss was taken.
             raise RunDiverged(stage, epoch, f"test loss became {stats['test_loss']}")
         last = {"stage": stage, "epoch": epoch, "lr": lr_now, **stats}
+        if controller is not None:
+            last.update(controller.epoch_figures())
         ctx.history.append(last)
         # Logged before the checkpoint: a process killed in between logs this epoch again
         # when resumed, and the loggers keep one point per step (see sparsenet/loggers/).
         ctx.loggers.epoch_end(ctx, regularizer)
         ctx.save_checkpoint(
-            ctx.stage_index, epoch, optimizer=optimizer, scheduler=scheduler, scaler=scaler
+            ctx.stage_index,
+            epoch,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            **training_state,
         )
         if ctx.ranks.is_main:
             log.info(
@@ -172,12 +188,37 @@ def _fit(
                 stats["train_acc"],
                 stats["test_acc"],
             )
-    return {"epochs": epochs, "final_loss": last.get("loss"), "final_reg": last.get("reg")}
+    figures = {"epochs": epochs, "final_loss": last.get("loss"), "final_reg": last.get("reg")}
+    if controller is not None:
+        figures["budget"] = controller.figures()
+        if ctx.ranks.is_main:
+            log.info(
+                "budget: strength %.3g (configured %.3g), projected %s %.1f%% of dense "
+                "(budget %.1f%%)",
+                controller.regularizer.strength,
+                controller.configured,
+                controller.budget.target,
+                100 * (controller.projected or 1.0),
+                100 * controller.budget.keep,
+            )
+    return figures
 
 
-def _resume_stage(ctx: RunContext, optimizer, scheduler, scaler) -> int:
+def _also(first, second):
+    """A step callback calling `first(loss, reg)` (if any), then `second()`."""
+
+    def both(loss, reg):
+        if first is not None:
+            first(loss, reg)
+        second()
+
+    return both
+
+
+def _resume_stage(ctx: RunContext, optimizer, scheduler, scaler, training_state=None) -> int:
     """Epochs of this stage already done according to ctx.resume_state (restoring the
-    optimizer, schedule, scaler, RNGs and data order), else 0."""
+    optimizer, schedule, scaler, RNGs and data order, and `training_state`'s other objects
+    such as a budget's controller), else 0."""
     state, ctx.resume_state = ctx.resume_state, None
     if not state or state["stage_index"] != ctx.stage_index or state["stage_epoch"] == 0:
         return 0
@@ -186,6 +227,8 @@ def _resume_stage(ctx: RunContext, optimizer, scheduler, scaler) -> int:
         check_optimizer_state(optimizer)
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        for key, value in (training_state or {}).items():
+            value.load_state_dict(state[key])
         set_rng_state(state["rng"])
         ctx.train_loader.set_epoch(state["loader_epoch"])
     return int(state["stage_epoch"])
@@ -227,9 +270,12 @@ def dense_stage(ctx: RunContext) -> dict:
 
 
 def train_stage(ctx: RunContext) -> dict:
-    """Train from scratch with loss = CE + R(model)."""
+    """Train with loss = CE + R(model), under a budget with the strength it controls."""
     run = ctx.settings
-    return _fit(ctx, "train", run.train.epochs, run.optimizer, ctx.regularizer)
+    controller = None
+    if run.budget.active:
+        controller = StrengthController(run.budget, run.prune.threshold)
+    return _fit(ctx, "train", run.train.epochs, run.optimizer, ctx.regularizer, controller)
 
 
 def _calibration_batch(ctx: RunContext, size: int) -> torch.Tensor:
@@ -273,6 +319,10 @@ def prune_stage(ctx: RunContext) -> dict:
         figures.update(
             target=settings.target, ratio=settings.ratio, scope=settings.scope, cut=result.cut
         )
+        if result.target_kept is not None:
+            figures["target_kept"] = result.target_kept
+    if ctx.settings.budget.active:
+        figures["budget"] = {"target": settings.target, "keep": ctx.settings.budget.keep}
     return figures
 
 

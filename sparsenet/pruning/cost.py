@@ -212,11 +212,35 @@ class UnitCosts:
         return {n: times[n] / m.weight.numel() for n, m in self.layers.items()}
 
     @torch.no_grad()
-    def alive_units(self) -> torch.Tensor:
-        """Units whose pruning score min(in_norm, out_norm) is above the threshold (bool)."""
+    def scores(self) -> torch.Tensor:
+        """Each unit's pruning score min(in_norm, out_norm) (`UnitNorms.score`), one per unit."""
         incoming = self.index.squared_norms(("out",), fold_kernel=True).float().sqrt()
         outgoing = self.index.squared_norms(("in",)).float().sqrt()
-        return torch.minimum(incoming, outgoing) > self.threshold
+        return torch.minimum(incoming, outgoing)
+
+    @torch.no_grad()
+    def relative_scores(self, scores: torch.Tensor | None = None) -> torch.Tensor:
+        """s(u) / max_v s(v) over the units v of u's group (0 in an all-zero group): the
+        ordering key of the `ratio` prune criterion with `scope: global`."""
+        scores = self.scores() if scores is None else scores
+        relative = torch.zeros_like(scores)
+        for first, size in self.first.values():
+            part = scores[first : first + size]
+            top = part.max() if size else part.new_zeros(())
+            relative[first : first + size] = torch.where(top > 0, part / top.clamp_min(1e-30), 0.0)
+        return relative
+
+    @torch.no_grad()
+    def alive_units(self) -> torch.Tensor:
+        """Units whose pruning score min(in_norm, out_norm) is above the threshold (bool)."""
+        return self.scores() > self.threshold
+
+    def total(self) -> float:
+        """The cost of the network with only the alive units of the last `refresh`: sum over
+        Conv2d/Linear layers of omega_l * K_l * (alive rows x alive inputs, per conv group).
+        Weights only: for `params`, biases and BatchNorm entries (about 1% of a CNN's
+        parameters) are not counted, as the prune stage's ledger does not count them."""
+        return float(sum(float(entry[3]) for entry in self._layer.values()))
 
     @torch.no_grad()
     def refresh(self, alive: torch.Tensor | None = None) -> None:

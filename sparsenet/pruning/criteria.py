@@ -7,8 +7,8 @@ Every unit u of a coupled group g (see `remove.py`) has a score
 - `relative`:  remove u when s(u) <= max(threshold, relative * max_v s(v)), max over the
   units of u's group: a per-layer cut that does not depend on the layer's weight scale.
 - `ratio`:     remove every u with s(u) <= threshold, then further units one at a time until
-  a share `ratio` of the prunable units (`target: units`) or of the network's MACs
-  (`target: macs`) is gone, in the order of
+  a share `ratio` of the prunable units (`target: units`) or of the network's MACs, weights or
+  latency (`target: macs | params | latency`) is gone, in the order of
     `scope: global`: the relative score r(u) = s(u) / max_v s(v), smallest first, across all
                      groups (ties: smaller s first): layers lose units where they matter least;
     `scope: layer`:  the rank fraction k(u) / n_g of u among its group's n_g scores (k = 1 for
@@ -22,7 +22,12 @@ MACs of a Conv2d/Linear layer with n_out out-units and n_in in-units are P * n_o
 P = H_out * W_out * kh * kw / groups (1 for Linear); removing a unit lowers n_out of its
 producers and n_in of its consumers (by H*W per channel for a Linear after Flatten). The greedy
 `ratio` selection updates these counts unit by unit, so the MACs it reports removed are exact
-for the architecture it leaves (cross terms included).
+for the architecture it leaves (cross terms included). `target: params` and `latency` use the
+same ledger with another cost per (out, in) pair of a layer: its weights per pair
+(kh * kw / groups; weights only, biases and BatchNorm not counted) or its measured latency
+spread over them (`cost.layer_latency_ms`, the model of `cost.py`). A budget
+(`budget.target`, `budget.keep`; sparsenet/pruning/budget.py) is this criterion with
+`ratio = 1 - keep` on its target.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import torch
 from sparsenet.config.checks import Choice, Integer, Number, Schema, setting
 
 CRITERIA = ("threshold", "relative", "ratio")
-TARGETS = ("units", "macs")
+TARGETS = ("units", "macs", "params", "latency")
 FOLDS = ("exact", "bias")
 SCOPES = ("global", "layer")
 
@@ -50,7 +55,7 @@ class PruneSettings(Schema):
     threshold: float = setting(Number(low=0), 1e-3)  # absolute floor, every criterion
     relative: float = setting(Number(low=0, high=1), 0.0)  # criterion=relative: share of max
     ratio: float = setting(Number(low=0, below=1), 0.5)  # criterion=ratio: share to remove
-    target: str = setting(Choice(TARGETS), "units")  # criterion=ratio: units | macs
+    target: str = setting(Choice(TARGETS), "units")  # criterion=ratio: units|macs|params|latency
     scope: str = setting(Choice(SCOPES), "global")  # criterion=ratio: global | layer
     min_units: int = setting(Integer(low=1), 1)  # kept in every group
     fold: str = setting(Choice(FOLDS), "exact")  # exact (border-correct) | bias (interior)
@@ -73,7 +78,8 @@ class UnitGroup:
 
 @dataclass
 class LayerCost:
-    """MACs = per_pair * n_out * n_in for one Conv2d/Linear layer (one sample)."""
+    """A cost (MACs, weights, latency) = per_pair * n_out * n_in for one Conv2d/Linear layer
+    (one sample): the property is named for the default, MACs."""
 
     per_pair: float
     n_out: int
@@ -92,10 +98,11 @@ class Selection:
     macs_total: int
     macs_removed: int  # of the architecture left, by the P * n_out * n_in model
     cut: float | None = None  # ratio: ordering key (r or k / n) of the last unit removed
+    target_kept: float | None = None  # ratio on macs | params | latency: share of it left
 
 
-class _MacLedger:
-    """Tracks n_out / n_in per layer while units are removed one by one."""
+class _CostLedger:
+    """Tracks n_out / n_in per layer while units are removed one by one, and the cost gone."""
 
     def __init__(self, costs: Mapping[str, LayerCost]) -> None:
         self.costs = {k: LayerCost(v.per_pair, v.n_out, v.n_in) for k, v in costs.items()}
@@ -127,10 +134,21 @@ def _keep_floor(dead: torch.Tensor, score: torch.Tensor, min_units: int) -> torc
 
 
 def select_units(
-    groups: list[UnitGroup], settings: PruneSettings, costs: Mapping[str, LayerCost]
+    groups: list[UnitGroup],
+    settings: PruneSettings,
+    costs: Mapping[str, LayerCost],
+    target_costs: Mapping[str, LayerCost] | None = None,
 ) -> Selection:
-    """Apply `settings.criterion` to every group; see the module docstring."""
-    ledger = _MacLedger(costs)
+    """Apply `settings.criterion` to every group; see the module docstring. `costs`: each
+    layer's MACs; `target_costs`: its cost in `settings.target` units when that is params or
+    latency (the MACs otherwise)."""
+    ledger = _CostLedger(costs)
+    target = ledger
+    if settings.criterion == "ratio" and settings.target in ("params", "latency"):
+        if target_costs is None:
+            raise ValueError(f"target={settings.target} needs the layers' {settings.target}")
+        target = _CostLedger(target_costs)
+    ledgers = (ledger,) if target is ledger else (ledger, target)
     masks: list[torch.Tensor] = []
     for group in groups:
         score = group.score
@@ -140,7 +158,8 @@ def select_units(
         masks.append(_keep_floor(score <= limit, score, settings.min_units))
     for group, dead in zip(groups, masks, strict=True):
         for unit in dead.nonzero().flatten().tolist():
-            ledger.remove(group, unit)
+            for book in ledgers:
+                book.remove(group, unit)
 
     units_total = sum(g.size for g in groups)
     units_removed = sum(int(m.sum()) for m in masks)
@@ -165,7 +184,7 @@ def select_units(
         def reached() -> bool:
             if settings.target == "units":
                 return units_removed >= settings.ratio * units_total
-            return ledger.removed >= settings.ratio * ledger.total
+            return target.removed >= settings.ratio * target.total
 
         for key, _, gi, unit in candidates:
             if reached():
@@ -175,7 +194,8 @@ def select_units(
             masks[gi][unit] = True
             kept[gi] -= 1
             units_removed += 1
-            ledger.remove(groups[gi], unit)
+            for book in ledgers:
+                book.remove(groups[gi], unit)
             cut = key
     return Selection(
         removed=[m.nonzero().flatten() for m in masks],
@@ -184,4 +204,9 @@ def select_units(
         macs_total=round(ledger.total),
         macs_removed=round(ledger.removed),
         cut=cut,
+        target_kept=(
+            1.0 - target.removed / target.total
+            if settings.criterion == "ratio" and settings.target != "units" and target.total
+            else None
+        ),
     )

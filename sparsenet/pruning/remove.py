@@ -32,6 +32,7 @@ from torch import nn
 # package, so this module may load while measure is still being initialized.
 from sparsenet import measure
 from sparsenet.pruning import criteria
+from sparsenet.pruning.cost import layer_latency_ms
 from sparsenet.pruning.criteria import LayerCost, PruneSettings, select_units
 from sparsenet.pruning.folded import FoldedConv2d, needs_border_correction
 from sparsenet.pruning.groups import LAYER_TYPES, UnitNorms, unit_groups
@@ -45,15 +46,28 @@ def unit_norms(model: nn.Module, example: torch.Tensor) -> dict[str, UnitNorms]:
     return {g.name: norms for g, norms in zip(groups, groups.unit_norms(), strict=True)}
 
 
-def _layer_costs(model: nn.Module, example: torch.Tensor) -> dict[str, LayerCost]:
-    macs = measure.layer_macs(model, tuple(example.shape[1:]))
+def _layer_costs(
+    model: nn.Module, example: torch.Tensor, target: str = "macs"
+) -> dict[str, LayerCost]:
+    """Each Conv2d/Linear layer's cost as per_pair * n_out * n_in: its MACs, its weights
+    (`params`) or its measured latency (`latency`, `cost.layer_latency_ms` spread over its
+    weights, the cost model of cost.py)."""
+    shape = tuple(example.shape[1:])
+    if target == "macs":
+        totals = measure.layer_macs(model, shape)
+    elif target == "params":
+        totals = {
+            n: m.weight.numel() for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)
+        }
+    else:
+        totals = layer_latency_ms(model, shape)
     costs = {}
     for name, module in model.named_modules():
-        if isinstance(module, LAYER_TYPES) and macs.get(name):
+        if isinstance(module, LAYER_TYPES) and totals.get(name):
             n_out, n_in = module.weight.shape[0], module.weight.shape[1]
             if isinstance(module, nn.Conv2d):
                 n_in *= module.groups
-            costs[name] = LayerCost(macs[name] / (n_out * n_in), n_out, n_in)
+            costs[name] = LayerCost(totals[name] / (n_out * n_in), n_out, n_in)
     return costs
 
 
@@ -67,6 +81,7 @@ class PruneResult:
     macs_total: int = 0
     macs_removed: int = 0  # per sample, by the criteria's P * n_out * n_in model
     cut: float | None = None  # ratio criterion: ordering key of the last unit removed
+    target_kept: float | None = None  # ratio on macs | params | latency: share of it left
 
 
 @torch.no_grad()
@@ -156,13 +171,17 @@ def prune_units(
         criteria.UnitGroup(g.name, norms.score, g.counts())
         for g, norms in zip(groups, groups.unit_norms(), strict=True)
     ]
-    selection = select_units(scored, settings, _layer_costs(model, example))
+    target_costs = None
+    if settings.criterion == "ratio" and settings.target in ("params", "latency"):
+        target_costs = _layer_costs(model, example, settings.target)
+    selection = select_units(scored, settings, _layer_costs(model, example), target_costs)
     result = PruneResult(
         units_total=selection.units_total,
         units_removed=selection.units_removed,
         macs_total=selection.macs_total,
         macs_removed=selection.macs_removed,
         cut=selection.cut,
+        target_kept=selection.target_kept,
     )
 
     plans = [

@@ -1,0 +1,192 @@
+"""Compress to a budget: `budget.target` (macs | params | latency) and `budget.keep` (a share of
+the dense network's cost). Two parts (docs/methods.md#compress-to-a-budget):
+
+1. **Strength control** during the `train` stage. Every `every` steps the network's *projected*
+   cost is computed: the cost (`cost.UnitCosts.total`, weights of the Conv2d/Linear layers) of
+   the network without the units the prune stage would take first, those whose pruning score
+   s(u) = min(in_norm, out_norm) is at most
+
+       max(prune.threshold, relative * max_v s(v))      (v: the units of u's group)
+
+   and the regularizer's strength is moved towards the budget multiplicatively,
+
+       lambda <- lambda * (P / T(t)) ** rate,    P the projected cost (a share of the dense
+       T(t) = keep + (1 - keep) * (1 - min(1, t / (ramp * steps))) ** 3
+
+   i.e. log lambda follows an integral controller on log(P / T): up while the projected network
+   is too expensive, down once it is cheaper, so the units the budget cuts are already near
+   zero when the prune stage comes. The target T(t) falls from the dense network to the budget
+   over the first `ramp` share of the stage's steps along Zhu & Gupta's cubic schedule (2017,
+   "To prune, or not to prune"), then stays: a unit driven to zero seldom comes back, so a
+   target reached at once makes the strength overshoot it (measured: LeNet-5 / MNIST, budget
+   12.5% of the MACs, no ramp: the projection fell to 5.9% within two epochs and stayed). The strength stays within
+   [strength / LIMIT, strength * LIMIT] of the configured one (the starting point). The
+   trajectory (step, strength, P / dense) is recorded in metrics.json, the epoch's last values
+   in history.csv, the controller's state in the checkpoint (a resumed run continues it).
+   Every process of a data-parallel run computes the same P from the same weights.
+
+2. **The prune stage cuts to the budget**: `prune.criterion=ratio` with `target` the budget's
+   and `ratio = 1 - keep` (scope global: the smallest relative scores first, after every unit
+   at or below `prune.threshold`), so it removes units until the cost is within the budget and
+   no more (criteria.py); the kept share is reported as `target_kept`.
+
+The projection's relative cut is the ordering key of the ratio criterion, so when P <= T the
+units the prune stage removes all have relative scores at most `relative`: the cut costs little
+accuracy before fine-tuning. A `relative` of 0 projects with the absolute floor only (exact
+zeros: the proximal option, SSL's zeroing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sparsenet.config.checks import Choice, Integer, Number, Schema, setting
+from sparsenet.errors import ConfigError
+from sparsenet.pruning.cost import COSTS, UnitCosts
+from sparsenet.pruning.criteria import PruneSettings
+
+log = logging.getLogger(__name__)
+
+LIMIT = 1e4  # the strength stays within [configured / LIMIT, configured * LIMIT]
+TRAJECTORY_DIGITS = 6
+
+
+@dataclass
+class BudgetSettings(Schema):
+    """The `budget` config group (conf/budget/default.yaml); `target` null: no budget."""
+
+    target: str | None = setting(Choice(COSTS, optional=True), None)
+    keep: float = setting(Number(above=0, high=1), 0.5)  # share of the dense network's cost
+    relative: float = setting(Number(low=0, below=1), 0.01)  # projection: the relative cut
+    rate: float = setting(Number(above=0), 0.05)  # exponent of each multiplicative update
+    every: int = setting(Integer(low=1), 20)  # steps between two updates
+    ramp: float = setting(Number(low=0, high=1), 0.5)  # share of the steps T(t) falls over
+
+    @property
+    def active(self) -> bool:
+        return self.target is not None
+
+
+def prune_settings_for(budget: BudgetSettings, prune: PruneSettings) -> PruneSettings:
+    """The prune stage's settings under a budget (module docstring, part 2). The criterion the
+    user chose must be the default `threshold` (its threshold stays the floor): another one
+    would cut by its own rule, not to the budget."""
+    if not budget.active:
+        return prune
+    if prune.criterion != "threshold":
+        raise ConfigError(
+            "prune.criterion",
+            prune.criterion,
+            f"conflicts with budget.target={budget.target}: the prune stage then cuts to the "
+            "budget (ratio on its target)",
+            "threshold (the default; prune.threshold stays the floor)",
+        )
+    return dataclasses.replace(
+        prune, criterion="ratio", target=budget.target, ratio=1.0 - budget.keep, scope="global"
+    )
+
+
+class StrengthController:
+    """Part 1 of the module docstring for one `train` stage: `bind` on the model as it stands,
+    then `step` after every optimizer step."""
+
+    def __init__(self, budget: BudgetSettings, floor: float) -> None:
+        self.budget = budget
+        self.floor = floor  # prune.threshold
+        self.regularizer = None
+        self.steps = 0
+        self.factor = 1.0  # strength / configured strength
+        self.trajectory: list[tuple[int, float, float]] = []
+        self.projected: float | None = None  # P / dense cost at the last update
+        self.total_steps = 0
+
+    def bind(self, model: nn.Module, example: torch.Tensor, regularizer, total_steps: int) -> None:
+        """The dense costs of `model` (every unit alive), the regularizer whose strength moves
+        (its configured strength is the starting point) and the stage's number of steps."""
+        self.regularizer = regularizer
+        self.total_steps = total_steps
+        self.configured = float(regularizer.strength)
+        if self.configured <= 0:
+            raise ConfigError(
+                "regularizer.strength",
+                self.configured,
+                "is the starting point of budget control and must be positive",
+                "a number > 0",
+            )
+        self.costs = UnitCosts(model, example, self.budget.target, threshold=self.floor)
+        self.dense = self.costs.total()
+        self._apply()
+
+    @torch.no_grad()
+    def projected_share(self) -> float:
+        """P / dense cost for the current weights (module docstring)."""
+        scores = self.costs.scores()
+        relative = self.costs.relative_scores(scores)
+        alive = (scores > self.floor) & (relative > self.budget.relative)
+        self.costs.refresh(alive)
+        return self.costs.total() / self.dense if self.dense else 1.0
+
+    def step(self, model: nn.Module | None = None) -> None:
+        self.steps += 1
+        if self.steps % self.budget.every:
+            return
+        share = self.projected_share()
+        self.projected = share
+        error = math.log(max(share, 1e-12) / self.target_share(self.steps))
+        self.factor = min(max(self.factor * math.exp(self.budget.rate * error), 1 / LIMIT), LIMIT)
+        self._apply()
+        self.trajectory.append(
+            (
+                self.steps,
+                round(self.regularizer.strength, TRAJECTORY_DIGITS + 4),
+                round(share, TRAJECTORY_DIGITS),
+            )
+        )
+
+    def target_share(self, step: int) -> float:
+        """T(t): the budget's share on the cubic ramp (module docstring)."""
+        keep = self.budget.keep
+        span = self.budget.ramp * self.total_steps
+        progress = min(1.0, step / span) if span > 0 else 1.0
+        return keep + (1.0 - keep) * (1.0 - progress) ** 3
+
+    def _apply(self) -> None:
+        self.regularizer.strength = self.configured * self.factor
+
+    def epoch_figures(self) -> dict:
+        """The last strength and projected share, for the epoch's history row."""
+        share = self.projected if self.projected is not None else self.projected_share()
+        return {"strength": self.regularizer.strength, "projected_cost": share}
+
+    def figures(self) -> dict:
+        """For metrics.json: the budget, the final strength and projection, the trajectory."""
+        return {
+            "target": self.budget.target,
+            "keep": self.budget.keep,
+            "dense_cost": self.dense,
+            "configured_strength": self.configured,
+            "final_strength": self.regularizer.strength,
+            "projected_cost": self.projected,
+            "trajectory": [list(t) for t in self.trajectory],
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "steps": self.steps,
+            "factor": self.factor,
+            "projected": self.projected,
+            "trajectory": list(self.trajectory),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+        self.factor = float(state["factor"])
+        self.projected = state["projected"]
+        self.trajectory = [tuple(t) for t in state["trajectory"]]
+        self._apply()

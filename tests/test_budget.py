@@ -1,0 +1,232 @@
+"""Compress to a budget (sparsenet/pruning/budget.py): the projected cost against MACs worked
+out by hand, the strength law step by step, the prune stage's cut to a weight budget by hand,
+the config checks, and a run under a budget (trajectory recorded, budget met, resumable).
+
+The network (as in test_cost_aware.py): conv1 (1 -> 2, 3x3) -> BN -> ReLU -> conv2 (2 -> 3,
+3x3) -> flatten -> fc (12 -> 2) on 1x6x6 inputs; conv1 at 16 positions, conv2 at 4.
+  MACs: conv1 2*9*16 = 288, conv2 3*2*9*4 = 216, fc 12*2 = 24; whole network 528.
+  conv2 filter 0 gone:            - 1*2*9*4 (its filter) - 4*2 (its fc columns) = 448
+  and conv1 filter 1 gone too:    - 9*16 (its filter) - 2*9*4 (its conv2 input,
+                                    in the two conv2 filters left)             = 448 - 216 = 232
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from sparsenet.config.schema import register_schemas
+from sparsenet.errors import ConfigError
+from sparsenet.pipeline import run_experiment
+from sparsenet.pipeline.resume import config_hash
+from sparsenet.pipeline.settings import parse_config
+from sparsenet.pruning import PruneSettings, prune_units
+from sparsenet.pruning.budget import BudgetSettings, StrengthController
+from sparsenet.regularizers import GroupLasso
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+EXAMPLE = torch.zeros(1, 1, 6, 6)
+
+
+def tiny() -> nn.Sequential:
+    """Every weight 1 (biases 0): conv1's filters have norm 3, conv2's input channels norm
+    sqrt(3 * 9), conv2's filters norm sqrt(2 * 9), fc's columns norm sqrt(2)."""
+    model = nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(1, 2, 3),
+            bn=nn.BatchNorm2d(2),
+            relu=nn.ReLU(),
+            conv2=nn.Conv2d(2, 3, 3),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(12, 2),
+        )
+    )
+    with torch.no_grad():
+        for m in (model.conv1, model.conv2, model.fc):
+            m.weight.fill_(1.0)
+            m.bias.zero_()
+    return model
+
+
+def controller(model, **budget) -> tuple[StrengthController, GroupLasso]:
+    settings = BudgetSettings(**{"target": "macs", "keep": 0.5, "ramp": 0.0, **budget})
+    regularizer = GroupLasso(strength=1e-3)
+    control = StrengthController(settings, floor=1e-3)
+    control.bind(model, EXAMPLE, regularizer, total_steps=100)
+    return control, regularizer
+
+
+# --- the projection, by hand ------------------------------------------------------------------
+def test_projected_macs_drop_the_units_the_prune_stage_takes_first():
+    model = tiny()
+    control, _ = controller(model)
+    assert control.dense == 528
+    assert control.projected_share() == 1.0
+    with torch.no_grad():
+        model.conv2.weight[0].zero_()  # a dead conv2 filter
+    assert control.projected_share() == pytest.approx(448 / 528)
+    with torch.no_grad():
+        model.conv1.weight[1].fill_(0.001)  # norm 0.003 > the floor 1e-3, relative 0.001
+    assert control.projected_share() == pytest.approx(232 / 528)
+
+
+def test_the_relative_cut_is_what_the_projection_uses():
+    model = tiny()
+    with torch.no_grad():
+        model.conv1.weight[1].fill_(0.001)  # relative score 0.003 / 3 = 0.001
+    assert controller(model, relative=0.01)[0].projected_share() == pytest.approx(
+        (528 - 144 - 3 * 9 * 4) / 528  # conv1 filter 1 and its input to all 3 conv2 filters
+    )
+    assert controller(model, relative=0.0009)[0].projected_share() == 1.0
+    assert controller(model, relative=0.0)[0].projected_share() == 1.0  # the floor alone
+
+
+# --- the strength law -------------------------------------------------------------------------
+def test_the_strength_moves_by_the_projected_over_budget_ratio_to_the_rate():
+    model = tiny()
+    control, regularizer = controller(model, keep=0.5, rate=0.5, every=2)
+    control.step()
+    assert regularizer.strength == 1e-3  # no update between two `every`
+    control.step()  # projected 1.0, budget 0.5: x (1 / 0.5) ** 0.5
+    assert regularizer.strength == pytest.approx(1e-3 * math.sqrt(2))
+    control.step()
+    control.step()
+    assert regularizer.strength == pytest.approx(2e-3)
+    with torch.no_grad():
+        model.conv2.weight[0].zero_()
+        model.conv1.weight[1].zero_()  # projected 232 / 528 < 0.5: the strength comes down
+    control.step()
+    control.step()
+    assert regularizer.strength == pytest.approx(2e-3 * math.sqrt((232 / 528) / 0.5))
+    assert control.trajectory == [
+        (2, pytest.approx(1e-3 * math.sqrt(2)), 1.0),
+        (4, pytest.approx(2e-3), 1.0),
+        (6, pytest.approx(regularizer.strength), round(232 / 528, 6)),
+    ]
+
+
+def test_the_target_falls_to_the_budget_on_a_cubic_ramp():
+    control, _ = controller(tiny(), keep=0.2, ramp=0.5)  # 100 steps: the ramp ends at 50
+    assert control.target_share(0) == 1.0
+    assert control.target_share(25) == pytest.approx(0.2 + 0.8 * 0.5**3)  # 0.3
+    assert control.target_share(50) == pytest.approx(0.2)
+    assert control.target_share(90) == pytest.approx(0.2)
+
+
+def test_the_strength_stays_within_its_limits():
+    control, regularizer = controller(tiny(), keep=0.01, rate=10.0, every=1)
+    for _ in range(5):
+        control.step()  # x 100 ** 10 each time
+    assert regularizer.strength == pytest.approx(1e-3 * 1e4)
+
+
+def test_a_controller_put_back_from_its_state_continues_as_the_first():
+    model = tiny()
+    first, first_reg = controller(model, every=1)
+    for _ in range(3):
+        first.step()
+    second, second_reg = controller(model, every=1)
+    second.load_state_dict(first.state_dict())
+    assert second_reg.strength == first_reg.strength
+    first.step()
+    second.step()
+    assert second_reg.strength == first_reg.strength
+    assert second.trajectory == first.trajectory
+
+
+# --- the cut to a budget, by hand ---------------------------------------------------------------
+@torch.no_grad()
+def test_a_weight_budget_cuts_smallest_scores_first_until_it_is_met():
+    """Weights: conv1 18, conv2 54, fc 24 = 96. Half of them (48) must go. conv2's filters
+    (scores: their norms sqrt(18) * 0.1, 0.2, 1, whose fc columns have norm sqrt(2)) each
+    hold 18 + 8 = 26 weights: removing filters 0 and 1 (smallest first) leaves 96 - 52 = 44,
+    the first point at or below 48; filter 2 stays."""
+    model = tiny()
+    model.conv2.weight[0].mul_(0.1)
+    model.conv2.weight[1].mul_(0.2)
+    model.conv1.weight.mul_(10)  # conv1's units score high: they stay
+    settings = PruneSettings(criterion="ratio", target="params", ratio=0.5, scope="global")
+    result = prune_units(model, EXAMPLE, settings)
+    assert result.removed == {"conv2": [0, 1]}
+    assert result.target_kept == pytest.approx(44 / 96)
+    assert model.conv2.weight.shape[0] == 1
+
+
+# --- the config ---------------------------------------------------------------------------------
+def _settings(compose_cfg, quick_smoke, *more):
+    register_schemas()
+    return parse_config(compose_cfg(*quick_smoke, *more))
+
+
+def test_a_budget_makes_the_prune_stage_cut_to_it(compose_cfg, quick_smoke):
+    settings = _settings(compose_cfg, quick_smoke, "budget.target=params", "budget.keep=0.25")
+    prune = settings.prune
+    assert (prune.criterion, prune.target, prune.ratio, prune.scope) == (
+        "ratio",
+        "params",
+        0.75,
+        "global",
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("budget.target=macs", "prune=ratio"), "prune.criterion='ratio' conflicts with budget"),
+        (("budget.target=macs", "regularizer=none"), "regularizer.strength=0"),
+        (("budget.target=flops",), "budget.target"),
+        (("budget.target=macs", "budget.keep=0"), "budget.keep=0"),
+        (("budget.target=macs", "budget.keep=1.5"), "budget.keep=1.5"),
+    ],
+)
+def test_bad_budget_settings_are_one_line_naming_the_key(
+    compose_cfg, quick_smoke, overrides, message
+):
+    with pytest.raises(ConfigError) as caught:
+        _settings(compose_cfg, quick_smoke, *overrides)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value).strip()
+
+
+def test_no_budget_leaves_the_run_identity_as_before_budgets(compose_cfg, quick_smoke):
+    with_node = _settings(compose_cfg, quick_smoke).config
+    without = {k: v for k, v in with_node.items() if k != "budget"}
+    assert config_hash(with_node) == config_hash(without)
+    budgeted = _settings(compose_cfg, quick_smoke, "budget.target=macs").config
+    assert config_hash(budgeted) != config_hash(with_node)
+
+
+# --- a run under a budget -------------------------------------------------------------------
+def test_a_run_under_a_mac_budget_records_its_strength_and_meets_the_budget(
+    compose_cfg, quick_smoke, tmp_path
+):
+    cfg = compose_cfg(
+        *quick_smoke,
+        "train.epochs=2",
+        "train.batch_size=8",
+        "budget.target=macs",
+        "budget.keep=0.3",
+        "budget.every=2",
+        "budget.rate=0.5",
+        "budget.ramp=0",
+    )
+    run_experiment(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    train = metrics["stages"]["train"]["budget"]
+    steps = 2 * 64 // 8
+    assert [t[0] for t in train["trajectory"]] == list(range(2, steps + 1, 2))
+    strengths = [t[1] for t in train["trajectory"]]
+    # while the projection is above the budget the strength only rises, by (P / 0.3) ** 0.5
+    first_share = train["trajectory"][0][2]
+    assert strengths[0] == pytest.approx(1e-3 * (first_share / 0.3) ** 0.5, rel=1e-3)
+    dense_macs = metrics["stages"]["train"]["macs"]
+    assert metrics["stages"]["prune"]["macs"] <= 0.3 * dense_macs * 1.001
+    assert metrics["stages"]["prune"]["target_kept"] <= 0.3
+    history = (tmp_path / "history.csv").read_text().splitlines()
+    assert "strength" in history[0] and "projected_cost" in history[0]
