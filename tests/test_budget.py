@@ -119,6 +119,15 @@ def test_the_target_falls_to_the_budget_on_a_cubic_ramp():
     assert control.target_share(90) == pytest.approx(0.2)
 
 
+def test_a_start_penalty_sets_the_starting_strength_from_the_weights():
+    """GroupLasso, structure out, sqrt weighting, on tiny(): conv1's filters sqrt(9) * 3 each,
+    conv2's sqrt(18) * sqrt(18), fc's rows sqrt(12) * sqrt(12):
+    R = 2 * 9 + 3 * 18 + 2 * 12 = 96, so c = 0.48 gives strength 0.005."""
+    control, regularizer = controller(tiny(), start_penalty=0.48)
+    assert regularizer.strength == pytest.approx(0.005)
+    assert control.configured == pytest.approx(0.005)
+
+
 def test_the_strength_stays_within_its_limits():
     control, regularizer = controller(tiny(), keep=0.01, rate=10.0, every=1)
     for _ in range(5):

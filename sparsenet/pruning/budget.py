@@ -20,7 +20,10 @@ the dense network's cost). Two parts (docs/methods.md#compress-to-a-budget):
    "To prune, or not to prune"), then stays: a unit driven to zero seldom comes back, so a
    target reached at once makes the strength overshoot it (measured: LeNet-5 / MNIST, budget
    12.5% of the MACs, no ramp: the projection fell to 5.9% within two epochs and stayed). The strength stays within
-   [strength / LIMIT, strength * LIMIT] of the configured one (the starting point). The
+   [strength / LIMIT, strength * LIMIT] of the starting one: the configured strength, or with
+   `start_penalty` c the strength at which the term starts at c on the weights the stage
+   starts from, c / R(W) (R without its strength: regularizers' values differ by orders of
+   magnitude, so this puts a sweep over regularizers on one footing). The
    trajectory (step, strength, P / dense) is recorded in metrics.json, the epoch's last values
    in history.csv, the controller's state in the checkpoint (a resumed run continues it).
    Every process of a data-parallel run computes the same P from the same weights.
@@ -67,6 +70,7 @@ class BudgetSettings(Schema):
     rate: float = setting(Number(above=0), 0.05)  # exponent of each multiplicative update
     every: int = setting(Integer(low=1), 20)  # steps between two updates
     ramp: float = setting(Number(low=0, high=1), 0.5)  # share of the steps T(t) falls over
+    start_penalty: float | None = setting(Number(above=0, optional=True), None)  # c / R(W)
 
     @property
     def active(self) -> bool:
@@ -112,6 +116,11 @@ class StrengthController:
         self.regularizer = regularizer
         self.total_steps = total_steps
         self.configured = float(regularizer.strength)
+        if self.budget.start_penalty is not None:
+            with torch.no_grad():
+                value = float(regularizer.penalty(model))
+            if value > 0:  # (0: a proximal regularizer has no term; the configured strength)
+                self.configured = self.budget.start_penalty / value
         if self.configured <= 0:
             raise ConfigError(
                 "regularizer.strength",
@@ -179,6 +188,7 @@ class StrengthController:
     def state_dict(self) -> dict:
         return {
             "steps": self.steps,
+            "configured": self.configured,
             "factor": self.factor,
             "projected": self.projected,
             "trajectory": list(self.trajectory),
@@ -186,6 +196,7 @@ class StrengthController:
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = int(state["steps"])
+        self.configured = float(state["configured"])  # from the stage's first weights
         self.factor = float(state["factor"])
         self.projected = state["projected"]
         self.trajectory = [tuple(t) for t in state["trajectory"]]
