@@ -239,3 +239,46 @@ def test_a_run_under_a_mac_budget_records_its_strength_and_meets_the_budget(
     assert metrics["stages"]["prune"]["target_kept"] <= 0.3
     history = (tmp_path / "history.csv").read_text().splitlines()
     assert "strength" in history[0] and "projected_cost" in history[0]
+
+
+class _Stop(Exception):
+    """Stands for a kill right after the first mid-stage checkpoint is on disk."""
+
+
+def test_a_run_killed_mid_train_resumes_its_strength_trajectory(
+    compose_cfg, quick_smoke, tmp_path, monkeypatch
+):
+    """Killed after the train stage's first epoch: the continued run ends with the strength
+    trajectory, history and figures of an uninterrupted one (the controller's state is in the
+    checkpoint; without it the strength would restart from the configured one)."""
+    from sparsenet.pipeline import stages
+
+    cfg = compose_cfg(
+        *quick_smoke,
+        "train.epochs=2",
+        "train.batch_size=8",
+        "finetune.epochs=0",
+        "budget.target=macs",
+        "budget.keep=0.3",
+        "budget.every=3",
+        "budget.start_penalty=0.5",
+    )
+    straight = run_experiment(cfg, tmp_path / "straight")
+    real_save = stages.save_checkpoint
+
+    def save_then_stop(run_dir, state):
+        real_save(run_dir, state)
+        if state["stage_epoch"] == 1:
+            raise _Stop
+
+    monkeypatch.setattr(stages, "save_checkpoint", save_then_stop)
+    with pytest.raises(_Stop):
+        run_experiment(cfg, tmp_path / "killed")
+    monkeypatch.setattr(stages, "save_checkpoint", real_save)
+    resumed = run_experiment(cfg, tmp_path / "killed")
+    budget = straight["stages"]["train"]["budget"]
+    assert resumed["stages"]["train"]["budget"] == budget
+    assert len(budget["trajectory"]) == 2 * 64 // 8 // 3
+    assert (tmp_path / "killed" / "history.csv").read_text() == (
+        tmp_path / "straight" / "history.csv"
+    ).read_text()
