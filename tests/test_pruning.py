@@ -13,6 +13,7 @@ from sparsenet.measure import count_macs
 from sparsenet.pruning import (
     FoldedConv2d,
     PruneSettings,
+    criteria,
     prune_dead_units,
     prune_units,
     unit_norms,
@@ -346,7 +347,7 @@ def test_ratio_never_takes_a_layer_below_min_units():
         ("threshold", -0.5, "threshold=-0.5 is out of range; allowed: a finite number >= 0"),
         ("relative", 1.5, "relative=1.5 is out of range; allowed: a finite number >= 0 and <= 1"),
         ("ratio", 1.0, "ratio=1.0 is out of range; allowed: a finite number >= 0 and < 1"),
-        ("target", "flops", "target='flops' is not allowed; allowed: units, macs"),
+        ("target", "flops", "target='flops' is not allowed; allowed: units, macs, params, latency"),
         ("min_units", 0, "min_units=0 is out of range; allowed: an integer >= 1"),
         ("fold", "none", "fold='none' is not allowed; allowed: exact, bias"),
         ("scope", "local", "scope='local' is not allowed; allowed: global, layer"),
@@ -375,3 +376,39 @@ def test_every_prune_config_is_valid(name, compose_cfg):
     settings = to_settings(PruneSettings, cfg.prune, "prune")
     assert settings.criterion == name
     assert settings.threshold == cfg.prune.threshold  # the absolute floor, in every mode
+
+
+# --- round_to: widths kept multiples of N --------------------------------------------------
+def _one_layer_group(scores: list[float]) -> tuple[list, dict]:
+    """One group of len(scores) units, each owning one out-unit of layer "a" (1 input, 1 MAC
+    per pair) and one in-unit of layer "b" (2 outputs): a unit costs 1 + 2 = 3 MACs."""
+    n = len(scores)
+    group = criteria.UnitGroup(
+        "a",
+        torch.tensor(scores),
+        [
+            ("a", "out", torch.ones(n, dtype=torch.long)),
+            ("b", "in", torch.ones(n, dtype=torch.long)),
+        ],
+    )
+    costs = {"a": criteria.LayerCost(1.0, n, 1), "b": criteria.LayerCost(1.0, 2, n)}
+    return [group], costs
+
+
+def test_round_to_rounds_a_ratio_cut_down_and_a_threshold_cut_up():
+    scores = [float(v) for v in range(1, 11)]  # unit u scores u + 1
+    groups, costs = _one_layer_group(scores)
+    # ratio 0.35 of 10 units: 4 go (scores 1-4), 6 kept -> rounded down to 4: scores 5, 6 go too
+    ratio = criteria.PruneSettings(criterion="ratio", ratio=0.35, target="units", round_to=4)
+    selection = criteria.select_units(groups, ratio, costs)
+    assert selection.removed[0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert (selection.macs_total, selection.macs_removed) == (30, 18)  # 6 units x 3 MACs
+    # threshold 3.5: scores 1-3 go, 7 kept -> rounded up to 8: score 3 comes back
+    threshold = criteria.PruneSettings(threshold=3.5, round_to=4)
+    assert criteria.select_units(groups, threshold, costs).removed[0].tolist() == [0, 1]
+    # a multiple already, and a group no larger than N: as the criterion chose
+    eight = criteria.PruneSettings(threshold=2.5, round_to=8)  # 8 kept
+    assert criteria.select_units(groups, eight, costs).removed[0].tolist() == [0, 1]
+    small, small_costs = _one_layer_group([0.0, 1.0, 2.0])
+    kept_as_is = criteria.PruneSettings(threshold=0.5, round_to=4)
+    assert criteria.select_units(small, kept_as_is, small_costs).removed[0].tolist() == [0]

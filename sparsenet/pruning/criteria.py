@@ -18,6 +18,14 @@ In every mode `prune.threshold` is an absolute floor (units at or below it alway
 least `min_units` units of each group stay, the ones with the largest scores, so no layer
 vanishes (a `ratio` that would need more is not reached; the result says what was).
 
+`round_to` N > 1 keeps every group's width a multiple of N (vectorised kernels and GPU tiles
+run full multiples of 8 or 16 at the speed of the next one up, so a width of 33 costs what 48
+does): under `ratio` each group's kept count is rounded *down* (its next-smallest scores go
+too, so a budget stays met; never below N), under `threshold` and `relative` *up* (the
+largest-scored of its removed units come back, so no unit the rule kept is cut). A group of
+at most N units is left as the criterion chose. The reported MACs and `target_kept` are those
+of the rounded selection.
+
 MACs of a Conv2d/Linear layer with n_out out-units and n_in in-units are P * n_out * n_in,
 P = H_out * W_out * kh * kw / groups (1 for Linear); removing a unit lowers n_out of its
 producers and n_in of its consumers (by H*W per channel for a Linear after Flatten). The greedy
@@ -58,6 +66,7 @@ class PruneSettings(Schema):
     target: str = setting(Choice(TARGETS), "units")  # criterion=ratio: units|macs|params|latency
     scope: str = setting(Choice(SCOPES), "global")  # criterion=ratio: global | layer
     min_units: int = setting(Integer(low=1), 1)  # kept in every group
+    round_to: int = setting(Integer(low=1), 1, hash_unless=1)  # widths kept multiples of it
     fold: str = setting(Choice(FOLDS), "exact")  # exact (border-correct) | bias (interior)
     calibration_samples: int = setting(Integer(low=1), 256)  # samples whose means are folded
 
@@ -105,6 +114,7 @@ class _CostLedger:
     """Tracks n_out / n_in per layer while units are removed one by one, and the cost gone."""
 
     def __init__(self, costs: Mapping[str, LayerCost]) -> None:
+        self.costs_at_start = costs
         self.costs = {k: LayerCost(v.per_pair, v.n_out, v.n_in) for k, v in costs.items()}
         self.total = sum(c.macs for c in self.costs.values())
         self.removed = 0.0
@@ -130,6 +140,24 @@ def _keep_floor(dead: torch.Tensor, score: torch.Tensor, min_units: int) -> torc
         order = torch.argsort(score, descending=True, stable=True)
         dead = torch.ones_like(dead)
         dead[order[:keep]] = False
+    return dead
+
+
+def _round_width(score: torch.Tensor, dead: torch.Tensor, n: int, down: bool) -> torch.Tensor:
+    """`dead` with the group's kept count rounded to a multiple of `n` (module docstring)."""
+    size, kept = score.numel(), int((~dead).sum())
+    if size <= n or kept % n == 0:
+        return dead
+    goal = (kept // n) * n if down else min(size, -(-kept // n) * n)
+    goal = max(goal, n)
+    dead = dead.clone()
+    order = torch.argsort(score, descending=True, stable=True)  # largest scores first
+    if goal < kept:  # cut the smallest kept scores
+        alive = [u for u in order.tolist() if not dead[u]]
+        dead[alive[goal:]] = True
+    else:  # bring back the largest removed scores
+        removed = [u for u in order.tolist() if dead[u]]
+        dead[removed[: goal - kept]] = False
     return dead
 
 
@@ -197,6 +225,18 @@ def select_units(
             for book in ledgers:
                 book.remove(groups[gi], unit)
             cut = key
+    if settings.round_to > 1:
+        masks = [
+            _round_width(group.score, dead, settings.round_to, down=settings.criterion == "ratio")
+            for group, dead in zip(groups, masks, strict=True)
+        ]
+        ledgers = tuple(_CostLedger(book.costs_at_start) for book in ledgers)
+        ledger, target = ledgers[0], ledgers[-1]
+        for group, dead in zip(groups, masks, strict=True):
+            for unit in dead.nonzero().flatten().tolist():
+                for book in ledgers:
+                    book.remove(group, unit)
+        units_removed = sum(int(m.sum()) for m in masks)
     return Selection(
         removed=[m.nonzero().flatten() for m in masks],
         units_total=units_total,
