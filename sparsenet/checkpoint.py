@@ -593,15 +593,22 @@ def export_onnx(
     input_shape: tuple[int, ...],
     *,
     opset_version: int | None = None,
+    fold_batchnorm: bool = True,
 ) -> Path:
     """Export `model` (eval mode, on CPU) to ONNX with a dynamic batch dimension.
 
     Uses torch's torch.export-based exporter (needs `onnx` and `onnxscript`, the `onnx`
     extra). The spatial size is fixed to `input_shape`: a FoldedConv2d's border term is
-    computed for that size and stored as a constant.
+    computed for that size and stored as a constant. `fold_batchnorm`: the exported network is
+    `sparsenet.deploy.for_inference(model)`, BatchNorm folded into the convolutions before it
+    (the same outputs; `model` itself is not changed).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if fold_batchnorm:
+        from sparsenet.deploy import for_inference  # deploy imports the pruning package
+
+        model = for_inference(model)
     was_training = model.training
     model.eval()
     example = torch.randn(2, *input_shape, device=next(model.parameters()).device)
