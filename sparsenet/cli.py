@@ -39,7 +39,19 @@ from sparsenet.pipeline.distributed import launcher_rank
 from sparsenet.pipeline.resume import register_resolvers
 
 log = logging.getLogger("sparsenet")
-CONFIG_GROUPS = ("dataset", "model", "regularizer", "optimizer", "scheduler", "prune", "experiment")
+CONFIG_GROUPS = (
+    "dataset",
+    "model",
+    "regularizer",
+    "optimizer",
+    "scheduler",
+    "prune",
+    "budget",
+    "dense",
+    "finetune",
+    "logger",
+    "experiment",
+)
 
 
 def config_choices(group: str) -> list[str]:

@@ -96,6 +96,17 @@ def test_one_method_has_no_common_range():
     assert shared is None and math.isnan(table["mean_acc_common"][0])
 
 
+def test_runs_of_one_method_form_one_front_without_a_method_key():
+    """A search over one regularizer's strength: no key tells methods apart, all its
+    configurations are one front."""
+    summary = _summary()
+    summary.table = summary.table[summary.table["regularizer"] == "a"].drop(columns="regularizer")
+    summary.keys = ["regularizer.strength"]
+    (front,) = build_fronts(summary, "macs")
+    assert front.method == "all runs"
+    assert list(front.front["cost"]) == [10.0, 20.0, 40.0]
+
+
 def test_a_method_key_that_is_not_grouped_is_a_clear_error():
     with pytest.raises(ValueError, match="--method optimizer is not a grouping key"):
         build_fronts(_summary(), "macs", key="optimizer")

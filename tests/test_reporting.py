@@ -295,6 +295,12 @@ def test_swept_keys_come_from_overrides_then_configs():
     assert swept_keys(bare) == ["opt.lr"]
     summary = build_summary(bare)
     assert summary.keys == ["opt.lr"] and len(summary.failed) == 2  # no metrics.json
+    # where a run is tracked is no setting: logger=... and every logger.* key alike
+    tracked = [
+        run({"logger": "mlflow", "logger.mlflow.experiment": "a", "seed": "0"}, {"seed": 0}),
+        run({"logger": "tensorboard", "+logger.mlflow.local_dir": "b", "seed": "1"}, {"seed": 1}),
+    ]
+    assert swept_keys(tracked) == ["seed"]
 
 
 def test_pareto_front_by_hand():

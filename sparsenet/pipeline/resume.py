@@ -58,7 +58,9 @@ RESOLVER = "sparsenet.dirname"
 def run_dirname(overrides: Iterable[str]) -> str:
     """A folder name from the command-line overrides: sorted, ignored keys dropped, '/' made
     safe, long names cut and suffixed with a hash so they stay unique."""
-    kept = sorted(str(o) for o in overrides if not _ignored(str(o).split("=", 1)[0].lstrip("+~")))
+    kept = sorted(
+        str(o) for o in overrides if not ignored_key(str(o).split("=", 1)[0].lstrip("+~"))
+    )
     name = ",".join(kept).replace("/", "_") or "defaults"
     if len(name) > MAX_DIRNAME:
         digest = hashlib.sha1(name.encode()).hexdigest()[:10]
@@ -66,7 +68,9 @@ def run_dirname(overrides: Iterable[str]) -> str:
     return name
 
 
-def _ignored(key: str) -> bool:
+def ignored_key(key: str) -> bool:
+    """Whether a config key (`a.b.c`, or a group override `logger`) is no setting of what a
+    run computes: IGNORED_KEYS and everything under IGNORED_NODES."""
     return key in IGNORED_KEYS or key.split(".", 1)[0].split("/", 1)[0] in IGNORED_NODES
 
 

@@ -93,8 +93,9 @@ class Front:
         raise AssertionError("unreachable: budget within the front's range")
 
 
-def method_key(summary: Summary, key: str | None = None) -> str:
-    """The grouping key that names the method: `key`, else the first of METHOD_KEYS present."""
+def method_key(summary: Summary, key: str | None = None) -> str | None:
+    """The grouping key that names the method: `key`, else the first of METHOD_KEYS present,
+    else None: the runs are one method (a search over one regularizer's strength), one front."""
     if key is not None:
         if key not in summary.keys:
             raise ValueError(
@@ -102,13 +103,10 @@ def method_key(summary: Summary, key: str | None = None) -> str:
                 f"({', '.join(summary.keys) or 'none'}); add it with --group-by"
             )
         return key
-    found = next((k for k in METHOD_KEYS if k in summary.keys), None)
-    if found is None:
-        raise ValueError(
-            "no method key to compare fronts by: pass --method KEY (a key that differs "
-            "between the runs, e.g. regularizer)"
-        )
-    return found
+    return next((k for k in METHOD_KEYS if k in summary.keys), None)
+
+
+ONE_METHOD = "all runs"  # the front's name when no key tells methods apart
 
 
 def build_fronts(summary: Summary, measure: str = "macs", key: str | None = None) -> list[Front]:
@@ -123,7 +121,8 @@ def build_fronts(summary: Summary, measure: str = "macs", key: str | None = None
     key = method_key(summary, key)
     others = [k for k in summary.keys if k != key]
     fronts = []
-    for method, group in table.groupby(table[key].astype(str), sort=True):
+    methods = [(ONE_METHOD, table)] if key is None else table.groupby(table[key].astype(str))
+    for method, group in methods:
         points = pd.DataFrame(
             {
                 "cost": group[cost].astype(float),

@@ -358,12 +358,19 @@ def swept_keys(runs: Sequence[Run]) -> list[str]:
     swept = []
     not_settings = _not_settings()
     for key in keys:
-        if key in not_settings:
+        if key in not_settings or _ignored_key(key):
             continue
         values = {_hashable(run.setting(key)) for run in runs}
         if len(values) > 1:
             swept.append(key)
     return swept
+
+
+def _ignored_key(key: str) -> bool:
+    """resume.ignored_key (imported here: sparsenet.pipeline may import this module)."""
+    from sparsenet.pipeline.resume import ignored_key
+
+    return ignored_key(key.lstrip("+~"))
 
 
 @functools.cache
