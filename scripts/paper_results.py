@@ -37,15 +37,10 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from sparsenet.reporting.runs import Run, find_runs
+from sparsenet.reporting.verdicts import SCHEDULE_OVERRIDES, render_verdicts, without_verdicts
 from sparsenet.runtime import atomic_write_bytes
 
-SCHEDULE_KEYS = (
-    "train.epochs",
-    "finetune.epochs",
-    "train.batch_size",
-    "dataset.train_subset",
-    "dataset.test_subset",
-)
+SCHEDULE_KEYS = SCHEDULE_OVERRIDES  # one definition of a shortened run's keys
 IGNORED_OVERRIDES = {"seed", "train.progress", "dataset.root", "dataset.format", "name"}
 MNIST_PARAMS_PCT = 17.3  # paper B's ratio: the MNIST target of issue 6
 
@@ -367,10 +362,15 @@ def main(argv: list[str] | None = None) -> int:
         ]
     with initialize_config_module("sparsenet.conf", version_base="1.3"):
         if carried:
-            lines += old_summary
+            lines += without_verdicts(old_summary)
         else:
             lines += mnist_best(runs)
             lines += paper_a_section(by_bundle)
+        # --- Verdicts on the papers' claims (issue 22; sparsenet/reporting/verdicts.py), from
+        # the run records alone; a claim without its runs says "not enough runs" and gives the
+        # commands that produce them.
+        lines += [*render_verdicts(runs).splitlines(), ""]
+        # --- end of verdicts
         lines += [EVERY_BUNDLE, ""]
         for bundle in sorted(set(by_bundle) | set(carried)):
             if bundle in by_bundle:
