@@ -41,7 +41,14 @@ from sparsenet.reporting.verdicts import SCHEDULE_OVERRIDES, render_verdicts, wi
 from sparsenet.runtime import atomic_write_bytes
 
 SCHEDULE_KEYS = SCHEDULE_OVERRIDES  # one definition of a shortened run's keys
-IGNORED_OVERRIDES = {"seed", "train.progress", "dataset.root", "dataset.format", "name"}
+IGNORED_OVERRIDES = {
+    "seed",
+    "train.progress",
+    "train.num_threads",  # how many cores a run used, not what it computes
+    "dataset.root",
+    "dataset.format",
+    "name",
+}
 MNIST_PARAMS_PCT = 17.3  # paper B's ratio: the MNIST target of issue 6
 
 
