@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sparsenet.deploy import for_inference
 from sparsenet.measure import count_macs, count_params
 from sparsenet.models import get_model
 from sparsenet.pruning import FoldedConv2d, PruneSettings, prune_units
@@ -45,10 +46,17 @@ RATIOS = (0.5, 0.75)
 
 
 def _prune(
-    model: nn.Module, scope: str, ratio: float, fold: str, calibration: torch.Tensor
+    model: nn.Module,
+    scope: str,
+    ratio: float,
+    fold: str,
+    calibration: torch.Tensor,
+    round_to: int = 1,
 ) -> nn.Module:
     pruned = copy.deepcopy(model)
-    settings = PruneSettings(criterion="ratio", target="macs", ratio=ratio, scope=scope, fold=fold)
+    settings = PruneSettings(
+        criterion="ratio", target="macs", ratio=ratio, scope=scope, fold=fold, round_to=round_to
+    )
     prune_units(pruned, calibration[:1], settings, calibration=calibration)
     return pruned.eval()
 
@@ -87,6 +95,7 @@ def bench(
     warmup: int,
     ratios: tuple[float, ...] = RATIOS,
     scopes: tuple[str, ...] = SCOPES,
+    round_to: int = 1,
 ) -> dict:
     """Dense vs pruned latency of one model; result["cuts"]["<scope> <ratio>"] per cut."""
     torch.manual_seed(0)
@@ -98,7 +107,13 @@ def bench(
     for cut in cuts:
         scope, ratio = cut.split()
         for fold in ("exact", "bias"):
-            models[f"{cut}/{fold}"] = _prune(dense, scope, float(ratio), fold, calibration)
+            models[f"{cut}/{fold}"] = _prune(
+                dense, scope, float(ratio), fold, calibration, round_to
+            )
+    # deployed: BatchNorm folded into the convolutions (sparsenet.deploy), dense and pruned alike
+    models["dense/deployed"] = for_inference(dense)
+    for cut in cuts:
+        models[f"{cut}/deployed"] = for_inference(models[f"{cut}/exact"])
     macs = {k: count_macs(m, shape) for k, m in models.items()}
     result = {"model": name, "dense_macs": macs["dense"], "dense_params": count_params(dense)}
     result["dense_widths"] = _widths(dense)
@@ -119,12 +134,16 @@ def bench(
         dense_ms = lat["dense"]["median_ms"]
         for cut in cuts:
             exact, bias = lat[f"{cut}/exact"], lat[f"{cut}/bias"]
+            deployed = lat[f"{cut}/deployed"]
             result["cuts"][cut]["latency"][str(batch)] = {
                 "dense": lat["dense"],
                 "pruned": exact,
                 "pruned_bias_fold": bias,
                 "speedup": dense_ms / exact["median_ms"],
                 "speedup_bias_fold": dense_ms / bias["median_ms"],
+                "dense_deployed": lat["dense/deployed"],
+                "pruned_deployed": deployed,
+                "speedup_deployed": lat["dense/deployed"]["median_ms"] / deployed["median_ms"],
             }
     return result
 
@@ -142,11 +161,16 @@ def _markdown(rows: list[dict], meta: dict) -> str:
         "ratio prune.target=macs prune.ratio=<ratio>` and `prune.scope=<scope>` (cut = scope "
         "and ratio). Latency: median ms per forward "
         "pass [quartiles]. Speed-up = dense median / pruned median; `bias fold` is the same "
-        "pruned network without FoldedConv2d's border add (`prune.fold=bias`).",
+        "pruned network without FoldedConv2d's border add (`prune.fold=bias`); `deployed` "
+        "compares the inference copies of both (`sparsenet.deploy.for_inference`: BatchNorm "
+        "folded into the convolution before it), with `prune.round_to` = "
+        f"{meta.get('round_to', 1)}.",
         "",
         "| model | cut | batch | MACs dense | MACs pruned | MAC ratio | dense ms | pruned ms "
-        "| speed-up | speed-up / MAC reduction | pruned ms (bias fold) | speed-up (bias fold) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| speed-up | speed-up / MAC reduction | pruned ms (bias fold) | speed-up (bias fold) "
+        "| deployed speed-up | deployed / MAC reduction |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: |",
     ]
 
     def cell(v: dict) -> str:
@@ -160,7 +184,9 @@ def _markdown(rows: list[dict], meta: dict) -> str:
                     f"| {figures['macs'] / 1e6:.1f} M | {figures['mac_ratio']:.3f} "
                     f"| {cell(lat['dense'])} | {cell(lat['pruned'])} | {lat['speedup']:.2f}x "
                     f"| {lat['speedup'] / figures['mac_reduction']:.2f} "
-                    f"| {cell(lat['pruned_bias_fold'])} | {lat['speedup_bias_fold']:.2f}x |"
+                    f"| {cell(lat['pruned_bias_fold'])} | {lat['speedup_bias_fold']:.2f}x "
+                    f"| {lat['speedup_deployed']:.2f}x "
+                    f"| {lat['speedup_deployed'] / figures['mac_reduction']:.2f} |"
                 )
     lines += ["", "Parameters and conv widths:", ""]
     for row in rows:
@@ -198,6 +224,9 @@ def main() -> None:
         help="torch intra-op threads (0: torch's default). 1 is robust to other processes "
         "on the machine: with more threads than free cores, OpenMP barriers stall.",
     )
+    parser.add_argument(
+        "--round-to", type=int, default=1, help="prune.round_to: widths kept multiples of it"
+    )
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -205,7 +234,13 @@ def main() -> None:
     load_before = [round(v, 2) for v in os.getloadavg()]
     rows = [
         bench(
-            n, args.batch_sizes, args.repeats, args.warmup, tuple(args.ratios), tuple(args.scopes)
+            n,
+            args.batch_sizes,
+            args.repeats,
+            args.warmup,
+            tuple(args.ratios),
+            tuple(args.scopes),
+            args.round_to,
         )
         for n in args.models
     ]
@@ -219,6 +254,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
         "warmup": args.warmup,
+        "round_to": args.round_to,
         "load_before": load_before,
         "load_after": load_after,
         "noisy": max(load_before[0], load_after[0]) > cores,
