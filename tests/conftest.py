@@ -11,6 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,3 +130,37 @@ QUICK_SMOKE = (
 def quick_smoke() -> tuple[str, ...]:
     """Overrides of a seconds-long smoke run (QUICK_SMOKE)."""
     return QUICK_SMOKE
+
+
+# --- small networks and states shared by several test modules ------------------------------
+def tiny_conv_net(seed: int = 0) -> nn.Sequential:
+    """conv1 (1 -> 2 filters, 3x3) -> BatchNorm -> ReLU -> conv2 (2 -> 3, 3x3) -> flatten ->
+    fc (12 -> 2), for 1x6x6 inputs: conv1 gives 2x4x4 (16 positions), conv2 3x2x2 (4 positions),
+    so fc reads 12 features, 4 per conv2 filter. The hand-worked costs of test_cost_aware.py
+    and test_budget.py are computed on it."""
+    from collections import OrderedDict
+
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(1, 2, 3),
+            bn=nn.BatchNorm2d(2),
+            relu=nn.ReLU(),
+            conv2=nn.Conv2d(2, 3, 3),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(12, 2),
+        )
+    )
+
+
+def randomize_batchnorm(model: nn.Module, generator: torch.Generator) -> None:
+    """Non-trivial BN statistics and shifts, so a dead unit emits a non-zero constant that its
+    consumers must fold (with the initial ones, a dead unit would emit exactly zero) and a
+    folded BatchNorm is not the identity."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)

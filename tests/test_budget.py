@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections import OrderedDict
 
 import pytest
 import torch
+from conftest import tiny_conv_net
 from torch import nn
 
 from sparsenet.config.schema import register_schemas
@@ -35,18 +35,10 @@ EXAMPLE = torch.zeros(1, 1, 6, 6)
 
 
 def tiny() -> nn.Sequential:
-    """Every weight 1 (biases 0): conv1's filters have norm 3, conv2's input channels norm
-    sqrt(3 * 9), conv2's filters norm sqrt(2 * 9), fc's columns norm sqrt(2)."""
-    model = nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv2d(1, 2, 3),
-            bn=nn.BatchNorm2d(2),
-            relu=nn.ReLU(),
-            conv2=nn.Conv2d(2, 3, 3),
-            flatten=nn.Flatten(),
-            fc=nn.Linear(12, 2),
-        )
-    )
+    """`tiny_conv_net` with every weight 1 (biases 0): conv1's filters have norm 3, conv2's
+    input channels norm sqrt(3 * 9), conv2's filters norm sqrt(2 * 9), fc's columns norm
+    sqrt(2)."""
+    model = tiny_conv_net()
     with torch.no_grad():
         for m in (model.conv1, model.conv2, model.fc):
             m.weight.fill_(1.0)

@@ -20,11 +20,11 @@ Parameters (weights, + bias, + BatchNorm weight and bias):
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_conv_net
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -57,27 +57,13 @@ EXAMPLE = torch.zeros(1, 1, 6, 6)
 LAYERS = ("conv1", "conv2", "fc")
 
 
-def tiny(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv2d(1, 2, 3),
-            bn=nn.BatchNorm2d(2),
-            relu=nn.ReLU(),
-            conv2=nn.Conv2d(2, 3, 3),
-            flatten=nn.Flatten(),
-            fc=nn.Linear(12, 2),
-        )
-    )
-
-
 def flat(t: torch.Tensor) -> list[float]:
     return [float(v) for v in t.reshape(-1)]
 
 
 # --- the costs, by hand -------------------------------------------------------------------
 def test_marginal_macs_and_params_of_every_unit_by_hand():
-    model = tiny()
+    model = tiny_conv_net()
     macs = UnitCosts(model, EXAMPLE, "macs")
     assert flat(macs.group("conv1")) == [252, 252]
     assert flat(macs.group("conv2")) == [80, 80, 80]
@@ -89,7 +75,7 @@ def test_marginal_macs_and_params_of_every_unit_by_hand():
 
 
 def test_costs_of_the_non_unit_structures_by_hand():
-    macs = UnitCosts(tiny(), EXAMPLE, "macs")
+    macs = UnitCosts(tiny_conv_net(), EXAMPLE, "macs")
     # in: an input channel costs what the unit producing it costs, shared among the columns
     # it owns; conv1's input is the image (no unit): its own weights, 2 filters * 9 * 16.
     assert flat(macs.structure("conv1", "in")) == [288]
@@ -100,7 +86,7 @@ def test_costs_of_the_non_unit_structures_by_hand():
     assert flat(macs.structure("conv2", "shape")) == [12] * 18
     # layer: the layer's MACs: 2*9*16, 3*18*4, 2*12
     assert [flat(macs.structure(n, "layer")) for n in LAYERS] == [[288], [216], [24]]
-    params = UnitCosts(tiny(), EXAMPLE, "params")
+    params = UnitCosts(tiny_conv_net(), EXAMPLE, "params")
     assert flat(params.structure("conv1", "in")) == [2 * 9]
     assert flat(params.structure("fc", "in")) == [27 / 4] * 12
     assert flat(params.structure("conv2", "shape")) == [3] * 18
@@ -111,7 +97,7 @@ def test_costs_of_the_non_unit_structures_by_hand():
 def test_the_costs_agree_with_the_reported_figures_after_removal():
     """A conv1 unit removed by the pruner lowers the MACs and parameters sparsenet reports by
     exactly its marginal cost: one definition of a MAC."""
-    model = tiny()
+    model = tiny_conv_net()
     assert count_macs(model, (1, 6, 6)) == 528
     params_before = count_params(model)
     with torch.no_grad():
@@ -125,7 +111,7 @@ def test_the_costs_agree_with_the_reported_figures_after_removal():
 def test_latency_cost_is_each_layers_time_spread_over_its_weights(monkeypatch):
     times = {"conv1": 2.0, "conv2": 1.0, "fc": 0.5}  # ms per layer, as if measured
     monkeypatch.setattr(cost_module, "layer_latency_ms", lambda model, shape: times)
-    latency = UnitCosts(tiny(), EXAMPLE, "latency")
+    latency = UnitCosts(tiny_conv_net(), EXAMPLE, "latency")
     # conv1 unit: 2.0 / 2 filters + 1.0 * 27 of conv2's 54 weights       = 1.0 + 0.5
     # conv2 unit: 1.0 / 3 filters + 0.5 * 8 of fc's 24 weights            = 1/3 + 1/6
     # fc row:     0.5 / 2 rows                                           = 0.25
@@ -135,14 +121,14 @@ def test_latency_cost_is_each_layers_time_spread_over_its_weights(monkeypatch):
 
 
 def test_latency_is_measured_per_layer():
-    measured = cost_module.layer_latency_ms(tiny(), (1, 6, 6), 4, warmup=1, repeats=2)
+    measured = cost_module.layer_latency_ms(tiny_conv_net(), (1, 6, 6), 4, warmup=1, repeats=2)
     assert set(measured) == set(LAYERS) and all(ms > 0 for ms in measured.values())
 
 
 # --- normalisation and refresh -------------------------------------------------------------
 def test_weights_are_normalised_by_the_full_width_mean():
     """out groups of all three layers: mean = (2*252 + 3*80 + 2*12) / 7 = 768 / 7."""
-    model = tiny()
+    model = tiny_conv_net()
     reg = GroupLasso(1.0, "out", cost="macs")
     reg.bind(model, EXAMPLE)
     mean = 768 / 7
@@ -175,7 +161,7 @@ def test_equal_costs_give_the_plain_regularizer():
 def test_costs_follow_the_alive_widths_as_units_die():
     """conv2's filter 0 zeroed: conv1's units feed 2 filters instead of 3 (108 -> 72), fc's rows
     read 8 live inputs instead of 12; the dead filter keeps the cost of reviving it (80)."""
-    model = tiny()
+    model = tiny_conv_net()
     reg = GroupLasso(1.0, "out", cost="macs")
     reg.bind(model, EXAMPLE)
     with torch.no_grad():
@@ -194,7 +180,7 @@ def test_costs_follow_the_alive_widths_as_units_die():
 
 def test_refresh_every_k_steps(monkeypatch):
     monkeypatch.setattr("sparsenet.regularizers.base.REFRESH_STEPS", 3)
-    model = tiny()
+    model = tiny_conv_net()
     reg = L1(1.0, cost="macs")
     reg.bind(model, EXAMPLE)
     with torch.no_grad():
@@ -216,7 +202,7 @@ def test_null_builds_nothing_and_keeps_the_layer_arithmetic(monkeypatch):
         raise AssertionError("cost=null must not compute costs")
 
     monkeypatch.setattr("sparsenet.regularizers.base.UnitCosts", refuse)
-    model = tiny()
+    model = tiny_conv_net()
     for reg in (GroupLasso(1.0, "coupled"), SSL(1.0), L1(1.0), Partial(GroupLasso(1.0, "in"))):
         reg.bind(model, EXAMPLE)
         reg(model).backward()
@@ -293,7 +279,7 @@ def _check(reg: Regularizer, model: nn.Module, fn) -> None:
 
 @pytest.mark.parametrize("structure", ["out", "in", "shape", "layer"])
 def test_group_lasso_is_the_cost_weighted_sum(structure):
-    model = tiny()
+    model = tiny_conv_net()
     reg = _bound(GroupLasso(1.0, structure, cost="macs"), model)
 
     def naive(ws):
@@ -309,7 +295,7 @@ def test_group_lasso_is_the_cost_weighted_sum(structure):
 
 @pytest.mark.parametrize("form", ["statistics", "scardapane"])
 def test_sparse_group_lasso_weights_the_whole_group_term(form):
-    model = tiny()
+    model = tiny_conv_net()
     reg = _bound(SparseGroupLasso(1.0, "in", form=form, alpha=0.25, cost="params"), model)
     a, b = (0.75, 0.25) if form == "statistics" else (1.0, 1.0)
 
@@ -335,7 +321,7 @@ def _coupled_slices(ws, root: str, u: int, include_batchnorm: bool, model):
 
 @pytest.mark.parametrize("sgl", [False, True])
 def test_coupled_groups_take_their_units_costs(sgl):
-    model = tiny()
+    model = tiny_conv_net()
     options = {"structure": "coupled", "cost": "macs"}
     reg = SparseGroupLasso(1.0, alpha=0.5, **options) if sgl else GroupLasso(1.0, **options)
     reg = _bound(reg, model)
@@ -361,7 +347,7 @@ def test_coupled_groups_take_their_units_costs(sgl):
 
 
 def test_ssl_weights_every_group_type():
-    model = tiny()
+    model = tiny_conv_net()
     types = {"filter": 1.0, "channel": 0.5, "shape": 0.25, "depth": 2.0, "neuron": 1.5}
     reg = _bound(SSL(1.0, group_types=types, neuron_structure="out", cost="macs"), model)
     conv = {"out": 1.0, "in": 0.5, "shape": 0.25, "layer": 2.0}
@@ -380,7 +366,7 @@ def test_ssl_weights_every_group_type():
 
 @pytest.mark.parametrize("cls", [L1, L2])
 def test_elementwise_weights_take_their_rows_cost(cls):
-    model = tiny()
+    model = tiny_conv_net()
     reg = _bound(cls(1.0, cost="macs"), model)
 
     def naive(ws):
@@ -397,7 +383,7 @@ def test_elementwise_weights_take_their_rows_cost(cls):
 
 @pytest.mark.parametrize("mode", ["filter_norms", "per_filter", "layer"])
 def test_l1_l2_weights_its_filters(mode):
-    model = tiny()
+    model = tiny_conv_net()
     reg = _bound(L1L2(1.0, mode=mode, cost="macs"), model)
     s = "layer" if mode == "layer" else "out"
 
@@ -422,7 +408,7 @@ def test_l1_l2_weights_its_filters(mode):
 
 def test_partial_restricts_the_costs_with_the_weights():
     """beta 2: the last floor(n / 2) input units of each layer are exempt."""
-    model = tiny()
+    model = tiny_conv_net()
     reg = _bound(Partial(GroupLasso(1.0, "in"), strength=1.0, beta=2.0, cost="macs"), model)
 
     def naive(ws):
@@ -445,7 +431,7 @@ def test_combined_gives_its_cost_to_the_parts_with_groups():
     }
     reg = Combined(parts, cost="macs")
     assert [p.cost for p in reg.parts.values()] == ["macs", "params", None]
-    model = tiny()
+    model = tiny_conv_net()
     reg.bind(model, EXAMPLE)
     gl = _bound(reg.parts["gl"], model, seed=1)
     l1 = _bound(reg.parts["l1"], model, seed=2)
@@ -470,7 +456,7 @@ def test_combined_gives_its_cost_to_the_parts_with_groups():
 
 
 def test_proximal_steps_threshold_each_group_by_its_factor():
-    model = tiny()
+    model = tiny_conv_net()
     reg = _bound(GroupLasso(1.0, "out", proximal=True, cost="macs"), model)
     before = {n: model.get_submodule(n).weight.detach().clone() for n in LAYERS}
     reg.after_step(model, lr=0.05)
@@ -483,7 +469,7 @@ def test_proximal_steps_threshold_each_group_by_its_factor():
 
 
 def test_l1_prox_thresholds_each_row_by_its_factor():
-    model = tiny()
+    model = tiny_conv_net()
     reg = _bound(L1(1.0, proximal=True, cost="macs"), model)
     w = model.fc.weight.detach().clone()
     reg.after_step(model, lr=0.3)
@@ -544,7 +530,7 @@ def test_every_regularizer_config_has_the_key_and_accepts_it(name, compose_cfg):
             build("regularizer", chosen, base=Regularizer)
         return
     reg = build("regularizer", chosen, base=Regularizer)
-    model = tiny()
+    model = tiny_conv_net()
     reg.bind(model, EXAMPLE)
     reg(model).backward()
     reg.after_step(model, 0.1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import randomize_batchnorm
 from torch import nn
 
 from sparsenet.deploy import conv_bn_pairs, for_inference
@@ -13,16 +14,6 @@ from sparsenet.models import get_model
 from sparsenet.pruning import PruneSettings, prune_units
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _randomize_batchnorm(model: nn.Module, generator: torch.Generator) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)
 
 
 def _batchnorms(model: nn.Module) -> int:
@@ -33,7 +24,7 @@ def _batchnorms(model: nn.Module) -> int:
 def test_a_folded_resnet_computes_what_the_network_does_in_eval_mode():
     generator = torch.Generator().manual_seed(0)
     model = get_model("resnet20", num_classes=10, input_shape=(3, 32, 32)).eval()
-    _randomize_batchnorm(model, generator)
+    randomize_batchnorm(model, generator)
     x = torch.randn(4, 3, 32, 32, generator=generator)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     deployed = for_inference(model)
@@ -49,7 +40,7 @@ def test_a_pruned_network_folds_and_keeps_its_outputs():
     convolution), whose BatchNorm does not fold: those stay, the others go."""
     generator = torch.Generator().manual_seed(1)
     model = get_model("resnet20", num_classes=10, input_shape=(3, 32, 32)).eval()
-    _randomize_batchnorm(model, generator)
+    randomize_batchnorm(model, generator)
     x = torch.randn(4, 3, 32, 32, generator=generator)
     with torch.no_grad():
         model.layer1[0].conv1.weight[:3].zero_()  # three dead units inside a block

@@ -10,6 +10,7 @@ import urllib.error
 import pytest
 import torch
 import torchvision
+from conftest import randomize_batchnorm
 from torch import nn
 
 from sparsenet.cli import config_choices
@@ -28,24 +29,12 @@ GREY = (1, 28, 28)  # MNIST's shape: the smallest input, and a stem with another
 ARCHS = ("mobilenet_v2", "efficientnet_b0", "regnet_x_400mf", "shufflenet_v2_x1_0")
 
 
-def _randomize_batchnorm(model: nn.Module, generator: torch.Generator) -> None:
-    """Non-trivial BN statistics and shifts, so a dead unit emits a non-zero constant that its
-    consumers must fold (with the initial ones, a dead unit would emit exactly zero)."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 @torch.no_grad()
 def test_pruned_network_computes_what_the_masked_dense_one_does(arch):
     generator = torch.Generator().manual_seed(0)
     model = get_model("torchvision", arch=arch, num_classes=10, input_shape=GREY).eval()
-    _randomize_batchnorm(model, generator)
+    randomize_batchnorm(model, generator)
     x = torch.randn(6, *GREY, generator=generator)
     groups = UnitGroups(model, x[:1])
     index = SliceIndex(groups.groups, ("out",), torch.device("cpu"))

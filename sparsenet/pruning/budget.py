@@ -19,8 +19,9 @@ the dense network's cost). Two parts (docs/methods.md#compress-to-a-budget):
    over the first `ramp` share of the stage's steps along Zhu & Gupta's cubic schedule (2017,
    "To prune, or not to prune"), then stays: a unit driven to zero seldom comes back, so a
    target reached at once makes the strength overshoot it (measured: LeNet-5 / MNIST, budget
-   12.5% of the MACs, no ramp: the projection fell to 5.9% within two epochs and stayed). The strength stays within
-   [strength / LIMIT, strength * LIMIT] of the starting one: the configured strength, or with
+   12.5% of the MACs, no ramp: the projection fell to 5.9% within two epochs and stayed). The
+   strength stays within [strength / LIMIT, strength * LIMIT] of the starting one: the
+   configured strength, or with
    `start_penalty` c the strength at which the term starts at c on the weights the stage
    starts from, c / R(W) (R without its strength: regularizers' values differ by orders of
    magnitude, so this puts a sweep over regularizers on one footing). The
@@ -42,7 +43,6 @@ zeros: the proximal option, SSL's zeroing).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from dataclasses import dataclass
 
@@ -53,8 +53,6 @@ from sparsenet.config.checks import Choice, Integer, Number, Schema, setting
 from sparsenet.errors import ConfigError
 from sparsenet.pruning.cost import COSTS, UnitCosts
 from sparsenet.pruning.criteria import PruneSettings
-
-log = logging.getLogger(__name__)
 
 LIMIT = 1e4  # the strength stays within [configured / LIMIT, configured * LIMIT]
 TRAJECTORY_DIGITS = 6
@@ -141,7 +139,8 @@ class StrengthController:
         self.costs.refresh(alive)
         return self.costs.total() / self.dense if self.dense else 1.0
 
-    def step(self, model: nn.Module | None = None) -> None:
+    def step(self) -> None:
+        """After an optimizer step: every `every` steps, P and the strength's update."""
         self.steps += 1
         if self.steps % self.budget.every:
             return

@@ -70,6 +70,13 @@ class PruneSettings(Schema):
     fold: str = setting(Choice(FOLDS), "exact")  # exact (border-correct) | bias (interior)
     calibration_samples: int = setting(Integer(low=1), 256)  # samples whose means are folded
 
+    @property
+    def cost_target(self) -> str | None:
+        """params or latency when a ratio cut is measured in them (their per-layer costs are
+        then needed beside the MACs), else None."""
+        wanted = self.criterion == "ratio" and self.target in ("params", "latency")
+        return self.target if wanted else None
+
 
 @dataclass
 class UnitGroup:
@@ -172,7 +179,7 @@ def select_units(
     latency (the MACs otherwise)."""
     ledger = _CostLedger(costs)
     target = ledger
-    if settings.criterion == "ratio" and settings.target in ("params", "latency"):
+    if settings.cost_target is not None:
         if target_costs is None:
             raise ValueError(f"target={settings.target} needs the layers' {settings.target}")
         target = _CostLedger(target_costs)

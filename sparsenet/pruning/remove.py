@@ -172,8 +172,8 @@ def prune_units(
         for g, norms in zip(groups, groups.unit_norms(), strict=True)
     ]
     target_costs = None
-    if settings.criterion == "ratio" and settings.target in ("params", "latency"):
-        target_costs = _layer_costs(model, example, settings.target)
+    if settings.cost_target is not None:
+        target_costs = _layer_costs(model, example, settings.cost_target)
     selection = select_units(scored, settings, _layer_costs(model, example), target_costs)
     result = PruneResult(
         units_total=selection.units_total,

@@ -77,20 +77,36 @@ class Front:
 
     def accuracy_at(self, budget: float) -> tuple[float, float] | None:
         """(accuracy, spread) interpolated on the front at `budget`; None outside its range."""
-        costs, accs = list(self.front["cost"]), list(self.front["acc"])
         stds = [0.0 if math.isnan(s) else s for s in self.front["acc_std"]]
-        if not costs or not costs[0] <= budget <= costs[-1]:
-            return None
-        for i in range(len(costs)):
-            if costs[i] == budget:
-                return accs[i], stds[i]
-            if costs[i] > budget:
-                t = (budget - costs[i - 1]) / (costs[i] - costs[i - 1])
-                return (
-                    accs[i - 1] + t * (accs[i] - accs[i - 1]),
-                    stds[i - 1] + t * (stds[i] - stds[i - 1]),
-                )
-        raise AssertionError("unreachable: budget within the front's range")
+        return interpolate(list(self.front["cost"]), list(self.front["acc"]), stds, budget)
+
+
+def enclosing(xs: Sequence[float], x: float) -> list[int] | None:
+    """Indices of the one (x = xs[i]) or two (xs[i] < x < xs[i + 1]) points of ascending `xs`
+    a figure at x is read from; None outside [xs[0], xs[-1]] (nothing is extrapolated)."""
+    if not xs or not xs[0] <= x <= xs[-1]:
+        return None
+    for i, value in enumerate(xs):
+        if value == x:
+            return [i]
+        if value > x:
+            return [i - 1, i]
+    raise AssertionError("unreachable: x within the range of xs")
+
+
+def interpolate(
+    xs: Sequence[float], ys: Sequence[float], spreads: Sequence[float], x: float
+) -> tuple[float, float] | None:
+    """(y, spread) at x, linear between the enclosing points of ascending `xs`: y = y_i + t
+    (y_j - y_i), t = (x - x_i) / (x_j - x_i), the spread alike; None outside their range."""
+    found = enclosing(xs, x)
+    if found is None:
+        return None
+    if len(found) == 1:
+        return ys[found[0]], spreads[found[0]]
+    i, j = found
+    t = (x - xs[i]) / (xs[j] - xs[i])
+    return ys[i] + t * (ys[j] - ys[i]), spreads[i] + t * (spreads[j] - spreads[i])
 
 
 def method_key(summary: Summary, key: str | None = None) -> str | None:

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from sparsenet.reporting.export import format_number, markdown_table
-from sparsenet.reporting.fronts import Front
+from sparsenet.reporting.fronts import Front, enclosing, interpolate
 from sparsenet.reporting.runs import Run
 from sparsenet.reporting.summary import build_summary
 
@@ -280,18 +280,6 @@ def _std(value: float) -> float:
     return 0.0 if value is None or math.isnan(value) else float(value)
 
 
-def _enclosing(values: Sequence[float], x: float) -> list[int] | None:
-    """Indices of the one or two points (values ascending) a figure at x is read from."""
-    if not values or not values[0] <= x <= values[-1]:
-        return None
-    for i, value in enumerate(values):
-        if value == x:
-            return [i]
-        if value > x:
-            return [i - 1, i]
-    raise AssertionError("unreachable: x within the values' range")
-
-
 def cost_at_accuracy(front: Front, acc: float) -> tuple[float, float] | None:
     """(cost, spread): the smallest cost at which the front reaches accuracy `acc`.
 
@@ -304,14 +292,7 @@ def cost_at_accuracy(front: Front, acc: float) -> tuple[float, float] | None:
     accs = [float(a) for a in front.front["acc"]]
     costs = [float(c) for c in front.front["cost"]]
     stds = [_std(s) for s in front.front.get("cost_std", pd.Series([math.nan] * len(costs)))]
-    found = _enclosing(accs, acc)
-    if found is None:
-        return None
-    if len(found) == 1:
-        return costs[found[0]], stds[found[0]]
-    i, j = found
-    t = (acc - accs[i]) / (accs[j] - accs[i])
-    return costs[i] + t * (costs[j] - costs[i]), stds[i] + t * (stds[j] - stds[i])
+    return interpolate(accs, costs, stds, acc)
 
 
 # ---------------------------------------------------------------------------- judging
@@ -385,7 +366,7 @@ def _figure(claim: Claim, front: Front, level: float) -> tuple[Figure, str | Non
     points = front.front
     if claim.matched == "accuracy":
         found = cost_at_accuracy(front, level)
-        index = _enclosing([float(a) for a in points["acc"]], level)
+        index = enclosing([float(a) for a in points["acc"]], level)
         if found is None and level > float(points["acc"].max()):
             best = int(points["acc"].idxmax())
             seeds = int(points.at[best, "seeds"])
@@ -403,7 +384,7 @@ def _figure(claim: Claim, front: Front, level: float) -> tuple[Figure, str | Non
             )
     else:
         found = front.accuracy_at(level)
-        index = _enclosing([float(c) for c in points["cost"]], level)
+        index = enclosing([float(c) for c in points["cost"]], level)
         if found is None:
             low, high = front.cost_range
             return Figure(level, name, None, note="outside its cost range"), (
