@@ -46,9 +46,9 @@ def tiny() -> nn.Sequential:
     return model
 
 
-def controller(model, **budget) -> tuple[StrengthController, GroupLasso]:
+def controller(model, proximal=False, **budget) -> tuple[StrengthController, GroupLasso]:
     settings = BudgetSettings(**{"target": "macs", "keep": 0.5, "ramp": 0.0, **budget})
-    regularizer = GroupLasso(strength=1e-3)
+    regularizer = GroupLasso(strength=1e-3, proximal=proximal)
     control = StrengthController(settings, floor=1e-3)
     control.bind(model, EXAMPLE, regularizer, total_steps=100)
     return control, regularizer
@@ -118,6 +118,63 @@ def test_a_start_penalty_sets_the_starting_strength_from_the_weights():
     control, regularizer = controller(tiny(), start_penalty=0.48)
     assert regularizer.strength == pytest.approx(0.005)
     assert control.configured == pytest.approx(0.005)
+
+
+def test_a_start_penalty_reads_r_of_the_weights_under_the_proximal_option_too():
+    """The proximal option has no smooth term (its penalty is 0), but R(W) is the same 96."""
+    control, regularizer = controller(tiny(), proximal=True, start_penalty=0.48)
+    assert float(regularizer.penalty(tiny())) == 0.0
+    assert regularizer.strength == pytest.approx(0.005)
+    assert regularizer.proximal  # switched back on after the reading
+
+
+def reach_net() -> nn.Sequential:
+    """tiny() with conv1's filter 1 at 0.25 and conv2's filter 0 at 0.5. GroupLasso (out,
+    sqrt weighting) shrinks a row of weight c at c * w / ||w||, so r_in = ||row|| / c: conv1
+    rows 1 and 0.25, conv2 rows 0.5, 1, 1. Every element of a conv2 row has gradient 1 (c =
+    ||w|| / value), as every fc element, so r_out = sum b^2 / sum b over the column's slices:
+    conv1 units (0.25 + 1 + 1) / (0.5 + 1 + 1) = 0.9, conv2 units 8 / 8 = 1. So r = min:
+    conv1 0.9, 0.25; conv2 0.5, 1, 1. Taken in that order: conv1 unit 1 leaves 528 - 144 -
+    108 = 276 MACs (52.3%), then conv2 unit 0 232 (43.9%), then conv1 unit 0."""
+    model = tiny()
+    with torch.no_grad():
+        model.conv1.weight[1].fill_(0.25)
+        model.conv2.weight[0].fill_(0.5)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("keep", "reach"), [(0.6, 0.25), (0.5, 0.5), (0.45, 0.5), (0.4, 0.9), (1.0, 0.0)]
+)
+def test_the_reach_is_the_shrink_time_of_the_last_unit_the_budget_cuts(keep, reach):
+    model = reach_net()
+    control, _ = controller(model, keep=keep)
+    assert control.reach(model) == pytest.approx(reach)
+
+
+@pytest.mark.parametrize(
+    ("proximal", "momentum", "ramp", "strength"),
+    [
+        (True, 0.9, 0.0, 0.5 / 0.1),  # the prox step: lr per step, one step (no ramp)
+        (False, 0.9, 0.0, 0.5 / 1.0),  # the gradient under momentum 0.9: 10 lr per step
+        (True, 0.0, 0.5, 0.5 / 5.0),  # over the ramp: 50 steps of lr 0.1
+    ],
+)
+def test_start_reach_sets_the_strength_that_cuts_the_budget_by_the_ramps_end(
+    proximal, momentum, ramp, strength
+):
+    settings = BudgetSettings(target="macs", keep=0.5, ramp=ramp, start_reach=True)
+    regularizer = GroupLasso(strength=1e-3, proximal=proximal)
+    control = StrengthController(settings, floor=1e-3)
+    model = reach_net()
+    control.bind(model, EXAMPLE, regularizer, 100, lr_at=lambda step: 0.1, momentum=momentum)
+    assert regularizer.strength == pytest.approx(strength)
+    assert control.projected_share() == 1.0  # the costs are back to the dense network's
+
+
+def test_start_reach_and_start_penalty_are_one_choice():
+    with pytest.raises(ConfigError, match="start_penalty.*start_reach"):
+        BudgetSettings(target="macs", start_penalty=0.5, start_reach=True)
 
 
 def test_the_strength_stays_within_its_limits():

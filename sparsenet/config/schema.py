@@ -228,6 +228,7 @@ def hashed_when_changed() -> dict[str, Any]:
         ("report", ReportConfig),
         ("finetune", FinetuneConfig),
         ("prune", PruneSettings),
+        ("budget", BudgetSettings),
     ):
         for f in fields(schema):
             if NOT_HASHED_AT in f.metadata:

@@ -124,7 +124,14 @@ def _fit(
         example = torch.zeros(1, *ctx.data.input_shape, device=ctx.device)
         regularizer.bind(ctx.model, example)
         if controller is not None:
-            controller.bind(ctx.model, example, regularizer, total_steps)
+            controller.bind(
+                ctx.model,
+                example,
+                regularizer,
+                total_steps,
+                lr_at=lambda step: optimizer_spec.lr * run.scheduler.factor(step, total_steps),
+                momentum=float(optimizer.param_groups[0].get("momentum", 0.0)),
+            )
     training_state = {} if controller is None else {"budget": controller}
     # Wrapped and compiled per stage: pruning changes the shapes. Parameters stay those of
     # ctx.model, which the regularizer reads and evaluation runs (each process its part).

@@ -44,12 +44,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from sparsenet.config.checks import Choice, Integer, Number, Schema, setting
+from sparsenet.config.checks import Boolean, Choice, Integer, Number, Schema, setting
 from sparsenet.errors import ConfigError
 from sparsenet.pruning.cost import COSTS, UnitCosts
 from sparsenet.pruning.criteria import PruneSettings
@@ -69,10 +70,21 @@ class BudgetSettings(Schema):
     every: int = setting(Integer(low=1), 20)  # steps between two updates
     ramp: float = setting(Number(low=0, high=1), 0.5)  # share of the steps T(t) falls over
     start_penalty: float | None = setting(Number(above=0, optional=True), None)  # c / R(W)
+    start_reach: bool = setting(Boolean(), False, hash_unless=False)  # lambda_reach (docstring)
 
     @property
     def active(self) -> bool:
         return self.target is not None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.start_reach and self.start_penalty is not None:
+            raise ConfigError(
+                "start_penalty",
+                self.start_penalty,
+                "conflicts with budget.start_reach=true (both choose the starting strength)",
+                "null with start_reach, or start_reach=false",
+            )
 
 
 def prune_settings_for(budget: BudgetSettings, prune: PruneSettings) -> PruneSettings:
@@ -108,17 +120,37 @@ class StrengthController:
         self.projected: float | None = None  # P / dense cost at the last update
         self.total_steps = 0
 
-    def bind(self, model: nn.Module, example: torch.Tensor, regularizer, total_steps: int) -> None:
+    def bind(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        regularizer,
+        total_steps: int,
+        lr_at: Callable[[int], float] | None = None,
+        momentum: float = 0.0,
+    ) -> None:
         """The dense costs of `model` (every unit alive), the regularizer whose strength moves
-        (its configured strength is the starting point) and the stage's number of steps."""
+        (its configured strength is the starting point) and the stage's number of steps;
+        for `start_reach`, the stage's scheduled learning rate `lr_at(step)` and the
+        optimizer's momentum."""
         self.regularizer = regularizer
         self.total_steps = total_steps
         self.configured = float(regularizer.strength)
+        self.costs = UnitCosts(model, example, self.budget.target, threshold=self.floor)
+        self.dense = self.costs.total()
         if self.budget.start_penalty is not None:
-            with torch.no_grad():
-                value = float(regularizer.penalty(model))
-            if value > 0:  # (0: a proximal regularizer has no term; the configured strength)
+            value = regularizer.magnitude(model)
+            if value > 0:  # (0: all weights zero; the configured strength)
                 self.configured = self.budget.start_penalty / value
+        if self.budget.start_reach:
+            if lr_at is None:
+                raise ValueError("start_reach needs the stage's learning rates (lr_at)")
+            gain = 1.0 if regularizer.proximal else 1.0 / (1.0 - momentum)
+            span = max(1, round(self.budget.ramp * total_steps))
+            travel = gain * sum(lr_at(step) for step in range(span))
+            reach = self.reach(model)
+            if travel > 0 and math.isfinite(reach) and reach > 0:
+                self.configured = reach / travel
         if self.configured <= 0:
             raise ConfigError(
                 "regularizer.strength",
@@ -126,9 +158,54 @@ class StrengthController:
                 "is the starting point of budget control and must be positive",
                 "a number > 0",
             )
-        self.costs = UnitCosts(model, example, self.budget.target, threshold=self.floor)
-        self.dense = self.costs.total()
         self._apply()
+
+    def reach(self, model: nn.Module) -> float:
+        """lambda * lr-time at which the regularizer's shrinking alone takes the last unit the
+        budget cuts to zero (module docstring, `start_reach`). Under gradient descent on
+        lambda * R with step lr, a slice set w (a unit's incoming rows, or its consumers'
+        input columns) shrinks as d||w||/dt = -lambda * lr * <w, dR/dw> / ||w||, so it
+        reaches zero after lambda * sum lr = ||w||^2 / <w, dR/dw> (for a group-lasso group
+        of weight c: ||w|| / c; inf when R does not shrink it). A unit is cut when either of
+        its two norms (its pruning score min(in_norm, out_norm)) is gone:
+        r_u = min(r_in, r_out). The units are taken in increasing r_u until the cost is
+        within the budget: the r_u of the last one taken."""
+        index = self.costs.index
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        value = self.regularizer.magnitude(model, differentiable=True)
+        if not value.requires_grad:  # a penalty with no weights in it
+            return math.inf
+        grads = torch.autograd.grad(value, parameters, allow_unused=True)
+        by_tensor = {id(p): g for p, g in zip(parameters, grads, strict=True)}
+
+        def inner(p: torch.Tensor) -> torch.Tensor:
+            g = by_tensor.get(id(p))
+            return torch.zeros_like(p) if g is None else p.detach() * g
+
+        with torch.no_grad():
+            reach = None
+            for kind in ("out", "in"):
+                squared = index.sums(torch.square, (kind,)).detach()
+                shrink = index.sums(inner, (kind,))
+                part = torch.where(shrink > 0, squared / shrink.clamp_min(1e-30), math.inf)
+                part = torch.where(squared > 0, part, 0.0)  # already zero
+                reach = part if reach is None else torch.minimum(reach, part)
+            order = torch.argsort(reach)
+            low, high = 0, len(order)  # the fewest units (in order) that meet the budget
+            while low < high:
+                middle = (low + high) // 2
+                if self._share_without(order[:middle]) <= self.budget.keep:
+                    high = middle
+                else:
+                    low = middle + 1
+            self._share_without(order[:0])  # back to every unit alive
+            return float(reach[order[low - 1]]) if low > 0 else 0.0
+
+    def _share_without(self, removed: torch.Tensor) -> float:
+        alive = torch.ones(self.costs.num_units, dtype=torch.bool, device=removed.device)
+        alive[removed] = False
+        self.costs.refresh(alive)
+        return self.costs.total() / self.dense if self.dense else 1.0
 
     @torch.no_grad()
     def projected_share(self) -> float:

@@ -250,25 +250,22 @@ class _Entry:
     unit: torch.Tensor
 
 
-def _squared(entry: _Entry, squares: dict[int, torch.Tensor], fold_kernel: bool) -> torch.Tensor:
-    """||slice||^2 for every index of the module along the entry's dimension (full length).
-    `squares` caches each weight's elementwise square within one call (a Linear layer is both
-    a root, by rows, and a consumer, by columns)."""
+def _sums(entry: _Entry, elementwise, cache: dict[int, torch.Tensor]) -> torch.Tensor:
+    """sum of elementwise(parameter) over each slice of the entry's module along its dimension
+    (full length): BatchNorm weight + bias entries, a weight's rows ('out') or columns ('in').
+    `cache` holds each weight's elementwise values within one call (a Linear layer is both a
+    root, by rows, and a consumer, by columns)."""
     module = entry.module
     if entry.kind == "bn":
-        sq = module.weight.square()
-        return sq + module.bias.square() if module.bias is not None else sq
+        values = elementwise(module.weight)
+        return values + elementwise(module.bias) if module.bias is not None else values
     w = module.weight
-    sq = squares.get(id(w))
-    if sq is None:
-        sq = squares[id(w)] = w.square()
+    values = cache.get(id(w))
+    if values is None:
+        values = cache[id(w)] = elementwise(w)
     if entry.kind == "in":
-        return sq.sum((0, *range(2, sq.dim())))
-    rows = sq.sum(tuple(range(1, sq.dim())))
-    if fold_kernel and isinstance(module, FoldedConv2d):
-        k = module.fold_kernel.detach()
-        rows = rows + k.square().sum(tuple(range(1, k.dim()))).to(rows)
-    return rows
+        return values.sum((0, *range(2, values.dim())))
+    return values.sum(tuple(range(1, values.dim())))
 
 
 class SliceIndex:
@@ -324,16 +321,29 @@ class SliceIndex:
         """sum of ||slice||^2 over each unit's slices of `kinds` (default: all of this index),
         shape (num_units,); differentiable. `fold_kernel` adds ||K_p[u]||^2 of FoldedConv2d
         producers to 'out' (the pruning score's incoming term)."""
+        total = self.sums(torch.square, kinds)
+        if fold_kernel:
+            for entry in self.entries:
+                if entry.kind == "out" and isinstance(entry.module, FoldedConv2d):
+                    k = entry.module.fold_kernel.detach()
+                    rows = k.square().sum(tuple(range(1, k.dim()))).to(total)
+                    total = total.index_add(0, entry.unit, rows.index_select(0, entry.index))
+        return total
+
+    def sums(self, elementwise, kinds: Sequence[str] | None = None) -> torch.Tensor:
+        """sum of elementwise(parameter) over each unit's slices of `kinds` (default: all of
+        this index), shape (num_units,): with torch.square the squared norms; with
+        `lambda p: p * p.grad` the inner product <w_u, dR/dw_u> of each unit's slices."""
         kinds = self.kinds if kinds is None else tuple(kinds)
         total = None
-        squares: dict[int, torch.Tensor] = {}
+        cache: dict[int, torch.Tensor] = {}
         for entry in self.entries:
             if entry.kind not in kinds:
                 continue
-            sq = _squared(entry, squares, fold_kernel)
+            values = _sums(entry, elementwise, cache)
             if total is None:
-                total = sq.new_zeros(self.num_units)
-            total = total.index_add(0, entry.unit, sq.index_select(0, entry.index))
+                total = values.new_zeros(self.num_units)
+            total = total.index_add(0, entry.unit, values.index_select(0, entry.index))
         return torch.zeros(self.num_units, device=self.device) if total is None else total
 
     def norms(self) -> torch.Tensor:

@@ -217,6 +217,23 @@ class Regularizer:
             return torch.zeros(())
         return torch.stack(terms).sum()
 
+    def magnitude(self, model: nn.Module, differentiable: bool = False):
+        """R(W) without the strength, also under the proximal option (whose smooth term
+        `penalty` is 0): the scale that budget control starts from (`budget.start_penalty`,
+        `start_reach`), the same for a regularizer with and without `proximal`. A float, or
+        with `differentiable` the tensor (for dR/dW)."""
+        switched = [r for r in _with_parts(self) if r.proximal]
+        for regularizer in switched:
+            regularizer.proximal = False
+        try:
+            if differentiable:
+                return self.penalty(model)
+            with torch.no_grad():
+                return float(self.penalty(model))
+        finally:
+            for regularizer in switched:
+                regularizer.proximal = True
+
     def _layer_call(self, method, name: str, *args):
         """`method(*args)`, with the layer's costs as a last argument when `cost` is set (a
         regularizer without costs keeps its one-argument signature)."""
@@ -279,3 +296,14 @@ class NoRegularizer(Regularizer):
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         return torch.zeros(())
+
+
+def _with_parts(regularizer: Regularizer) -> list[Regularizer]:
+    """The regularizer and every regularizer inside it (a combination's parts, partial's inner)."""
+    found = [regularizer]
+    inner = [*getattr(regularizer, "parts", {}).values()]
+    if getattr(regularizer, "inner", None) is not None:
+        inner.append(regularizer.inner)
+    for part in inner:
+        found.extend(_with_parts(part))
+    return found
