@@ -26,16 +26,14 @@ import copy
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from sparsenet.deploy import for_inference
-from sparsenet.measure import count_macs, count_params
+from sparsenet.measure import count_macs, count_params, interleaved_latency_ms
 from sparsenet.models import get_model
 from sparsenet.pruning import FoldedConv2d, PruneSettings, prune_units
 
@@ -62,28 +60,6 @@ def _prune(
 
 
 @torch.inference_mode()
-def _latencies(
-    models: dict[str, nn.Module], shape: tuple, batch: int, repeats: int, warmup: int
-) -> dict:
-    """Median (and quartiles) of per-pass wall time in ms, passes interleaved per round."""
-    x = torch.randn(batch, *shape)
-    for model in models.values():
-        for _ in range(warmup):
-            model(x)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    names = list(models)
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
-            start = time.perf_counter()
-            models[name](x)
-            times[name].append((time.perf_counter() - start) * 1000)
-    result = {}
-    for name, values in times.items():
-        q1, median, q3 = statistics.quantiles(values, n=4)
-        result[name] = {"median_ms": median, "q1_ms": q1, "q3_ms": q3}
-    return result
-
-
 def _widths(model: nn.Module) -> list[int]:
     return [m.weight.shape[0] for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
@@ -130,7 +106,7 @@ def bench(
             "latency": {},
         }
     for batch in batch_sizes:
-        lat = _latencies(models, shape, batch, repeats, warmup)
+        lat = interleaved_latency_ms(models, shape, batch, repeats=repeats, warmup=warmup)
         dense_ms = lat["dense"]["median_ms"]
         for cut in cuts:
             exact, bias = lat[f"{cut}/exact"], lat[f"{cut}/bias"]

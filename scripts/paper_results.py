@@ -26,6 +26,7 @@ Nothing in the output is typed by hand: rerun this script after new runs.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import statistics
@@ -49,6 +50,7 @@ IGNORED_OVERRIDES = {
     "dataset.format",
     "name",
 }
+LATENCY_BATCHES = ("1", "64")  # the batch sizes the page shows (scripts/run_latency.py)
 MNIST_PARAMS_PCT = 17.3  # paper B's ratio: the MNIST target of issue 6
 
 
@@ -119,8 +121,35 @@ def shortened(runs: list[Run], schedule: dict) -> str:
     return "; ".join(differences)
 
 
+def latency(run: Run) -> dict | None:
+    """The run's latency.json (scripts/run_latency.py), or None."""
+    path = run.path / "latency.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def latency_cell(runs: list[Run]) -> str:
+    """Median ms per forward pass at batch 1 / 64 (mean over seeds), '—' where not timed."""
+    cells = []
+    for batch in LATENCY_BATCHES:
+        values = [
+            timed["batch_sizes"][batch]["median_ms"]
+            for timed in map(latency, runs)
+            if timed and batch in timed["batch_sizes"]
+        ]
+        cells.append(fmt_mean(values) if values else "—")
+    return " / ".join(cells)
+
+
+def after_cut(run: Run) -> float | None:
+    """Test accuracy right after the prune stage, before fine-tuning (None without one)."""
+    return run.stages["prune"]["test_acc"] if "prune" in run.stages else None
+
+
 def describe_group(runs: list[Run]) -> dict:
+    cut = [a for a in map(after_cut, runs) if a is not None]
     return {
+        "after_cut": fmt_mean(cut) if cut else "—",
+        "latency": latency_cell(runs),
         "seeds": len(runs),
         "dense_acc": fmt_mean([before_pruning(r)["test_acc"] for r in runs]),
         "acc": fmt_mean([final(r)["test_acc"] for r in runs]),
@@ -156,6 +185,9 @@ def bundle_section(bundle: str, runs: list[Run]) -> list[str]:
     reference = runs[0].config.get("reference") or {}
     schedule = bundle_schedule(bundle)
     pretrained = any("dense" in r.stages for r in runs)  # a dense stage: its accuracy too
+    pruned = any(after_cut(r) is not None for r in runs)  # the cut's own loss, before fine-tuning
+    timed = any(latency(r) for r in runs)
+    extra = (pretrained, pruned, timed)
     lines = [
         f"### `experiment={bundle}`",
         "",
@@ -163,9 +195,12 @@ def bundle_section(bundle: str, runs: list[Run]) -> list[str]:
         "",
         "| runs | seeds | shortened | "
         + ("dense acc (dense stage) | " if pretrained else "")
-        + "acc before pruning | final acc | params kept % | "
-        "params | MACs kept % | units per layer (final) | wall (min) |",
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if pretrained else ""),
+        + "acc before pruning | "
+        + ("acc after the cut | " if pruned else "")
+        + "final acc | params kept % | params | MACs kept % | "
+        + ("latency ms, batch 1 / 64 | " if timed else "")
+        + "units per layer (final) | wall (min) |",
+        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * sum(extra),
     ]
     groups = defaultdict(list)
     for run in runs:
@@ -181,12 +216,27 @@ def bundle_section(bundle: str, runs: list[Run]) -> list[str]:
             if pretrained
             else ""
         )
+        cut = f"{d['after_cut']} | " if pruned else ""
+        timing = f"{d['latency']} | " if timed else ""
         lines.append(
-            f"| {label(key)} | {d['seeds']} | {short} | {dense}{d['dense_acc']} | {d['acc']} | "
-            f"{d['params_pct']} | {d['params']} | {d['macs_pct']} | {d['units']} | "
-            f"{d['wall_min']} |"
+            f"| {label(key)} | {d['seeds']} | {short} | {dense}{d['dense_acc']} | {cut}"
+            f"{d['acc']} | {d['params_pct']} | {d['params']} | {d['macs_pct']} | {timing}"
+            f"{d['units']} | {d['wall_min']} |"
         )
-    return lines + ["", "Commands (`SPARSENET_DATA=../shared/data`):", "", *commands, ""]
+    notes = []
+    if timed:
+        sessions = {json.dumps(t["measured_with"]) for t in map(latency, runs) if t}
+        threads = sorted({t["threads"] for t in map(latency, runs) if t})
+        notes = [
+            "",
+            "Latency: median wall time of one forward pass of the deployed network (BatchNorm "
+            "folded), CPU, "
+            + ", ".join(map(str, threads))
+            + " thread(s), timed interleaved with the other networks of its session "
+            f"(`python scripts/run_latency.py <run folders>`, {len(sessions)} session(s); "
+            "figures from different sessions are not side by side).",
+        ]
+    return lines + notes + ["", "Commands (`SPARSENET_DATA=../shared/data`):", "", *commands, ""]
 
 
 def command(runs: list[Run]) -> str:
@@ -288,7 +338,14 @@ def mnist_best(runs: list[Run]) -> list[str]:
     ]
 
 
-RECORD_FILES = ("metrics.json", ".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml")
+RECORD_FILES = (
+    "metrics.json",
+    ".hydra/config.yaml",
+    ".hydra/overrides.yaml",
+    ".hydra/hydra.yaml",
+    "latency.json",  # scripts/run_latency.py, when the run's network was timed
+)
+IN_PROGRESS = "in_progress"  # <records>/in_progress/: run folders carried between sessions
 EVERY_BUNDLE = "## Every bundle"
 BUNDLE_HEADING = re.compile(r"^### `experiment=([^`]+)`$")
 
@@ -340,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         if not run.path.resolve().is_relative_to(records.resolve()):
             keep_record(records, run)
     runs = find_runs([records]) if records.is_dir() else []
+    runs = [r for r in runs if not r.path.is_relative_to((records / IN_PROGRESS).resolve())]
     runs = [r for r in runs if r.completed and r.choices.get("experiment")]
     by_bundle: dict[str, list[Run]] = defaultdict(list)
     for run in runs:

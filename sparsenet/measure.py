@@ -140,6 +140,39 @@ def measure_latency_ms(
     return float(statistics.median(times))
 
 
+@torch.no_grad()
+def interleaved_latency_ms(
+    models: dict[str, nn.Module],
+    input_shape: tuple[int, ...],
+    batch_size: int,
+    *,
+    repeats: int = 30,
+    warmup: int = 5,
+) -> dict[str, dict[str, float]]:
+    """{name: {median_ms, q1_ms, q3_ms}} of one forward pass of a batch per model (eval mode,
+    on the CPU), measured side by side: every round runs each model once, in an order rotated
+    per round, so background load on a shared machine hits all of them alike and their ratios
+    (speed-ups) stay fair even when the absolute times drift."""
+    for model in models.values():
+        model.eval()
+    x = torch.randn(batch_size, *input_shape)
+    for model in models.values():
+        for _ in range(warmup):
+            model(x)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    names = list(models)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            models[name](x)
+            times[name].append((time.perf_counter() - start) * 1000)
+    result = {}
+    for name, values in times.items():
+        q1, median, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+        result[name] = {"median_ms": median, "q1_ms": q1, "q3_ms": q3}
+    return result
+
+
 def describe_model(
     model: nn.Module,
     input_shape: tuple[int, ...],

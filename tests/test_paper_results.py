@@ -32,23 +32,35 @@ def test_results_page_folds_seeds_and_marks_shortened_runs(tmp_path):
     ]
     _run([*sweep, "seed=0,1"], tmp_path)  # the bundle's own schedule, two seeds
     _run([*sweep, "train.epochs=0", "seed=0"], tmp_path)  # a shorter schedule than the bundle's
+    sweep_dir = tmp_path / "outputs" / "sweeps" / "smoke"
+    timed = [sweep_dir / f"experiment=smoke,report.latency_repeats=1,seed={s}" for s in (0, 1)]
+    latency = str(REPO / "scripts" / "run_latency.py")
+    _run([sys.executable, latency, *map(str, timed), "--repeats", "3", "--warmup", "1"], tmp_path)
     out = tmp_path / "results.md"
     script = str(REPO / "scripts" / "paper_results.py")
     _run([sys.executable, script, "outputs", "--out", str(out)], tmp_path)
     text = out.read_text()
 
-    runs = sorted((tmp_path / "outputs" / "sweeps" / "smoke").glob("*seed=*/metrics.json"))
+    runs = sorted(sweep_dir.glob("*seed=*/metrics.json"))
     metrics = {p.parent.name: json.loads(p.read_text()) for p in runs}
-    acc = [metrics[f"experiment=smoke,report.latency_repeats=1,seed={s}"] for s in (0, 1)]
-    acc = [m["summary"]["test_acc"] for m in acc]
+    seeds = [metrics[f"experiment=smoke,report.latency_repeats=1,seed={s}"] for s in (0, 1)]
+    acc = [m["summary"]["test_acc"] for m in seeds]
     mean = sum(acc) / 2
     std = abs(acc[0] - acc[1]) / 2**0.5  # sample std of two values
+    cut = [m["stages"]["prune"]["test_acc"] for m in seeds]
+    timings = [json.loads((run / "latency.json").read_text())["batch_sizes"] for run in timed]
+    b1, b64 = ([t[b]["median_ms"] for t in timings] for b in ("1", "64"))
     bundle_row = next(
         line for line in text.splitlines() if line.startswith("| `experiment=smoke`, `report")
     )
     cells = [c.strip() for c in bundle_row.strip("|").split("|")]
     assert cells[1] == "2" and cells[2] == "no"
-    assert cells[4] == f"{mean:.2f} ± {std:.2f}"
+    assert cells[4] == f"{sum(cut) / 2:.2f} ± {abs(cut[0] - cut[1]) / 2**0.5:.2f}"  # after the cut
+    assert cells[5] == f"{mean:.2f} ± {std:.2f}"
+    b1_cell = f"{sum(b1) / 2:.2f} ± {abs(b1[0] - b1[1]) / 2**0.5:.2f}"
+    assert cells[9] == f"{b1_cell} / {sum(b64) / 2:.2f} ± {abs(b64[0] - b64[1]) / 2**0.5:.2f}"
+    short_cells = next(line for line in text.splitlines() if "`train.epochs=0`" in line)
+    assert short_cells.split("|")[10].strip() == "— / —"  # not timed
     short_row = next(line for line in text.splitlines() if "`train.epochs=0`" in line)
     assert "train.epochs=0 (bundle: 1)" in short_row
     assert "sparsenet -m experiment=smoke report.latency_repeats=1 seed=0,1" in text
@@ -64,4 +76,10 @@ def test_results_page_folds_seeds_and_marks_shortened_runs(tmp_path):
     rebuilt = out.read_text()
     assert old_section in rebuilt
     assert "Carried over from the previous version of this page" in rebuilt
-    assert bundle_row in rebuilt and short_row in rebuilt
+    assert bundle_row in rebuilt and short_row in rebuilt  # latency.json kept with the records
+
+    # a run folder carried between sessions in results/in_progress/ is not a second record
+    kept = next((tmp_path / "results" / "smoke" / "smoke").glob("*seed=0"))
+    subprocess.run(["cp", "-r", str(kept), str(tmp_path / "results" / "in_progress")], check=True)
+    _run([sys.executable, script, "results", "--out", str(out)], tmp_path)
+    assert bundle_row in out.read_text()
