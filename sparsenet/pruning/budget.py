@@ -24,7 +24,10 @@ the dense network's cost). Two parts (docs/methods.md#compress-to-a-budget):
    configured strength, or with
    `start_penalty` c the strength at which the term starts at c on the weights the stage
    starts from, c / R(W) (R without its strength: regularizers' values differ by orders of
-   magnitude, so this puts a sweep over regularizers on one footing). The
+   magnitude, so this puts a sweep over regularizers on one footing), or with `start_reach`
+   the strength whose shrinking alone would zero the units the budget cuts by the ramp's end,
+   lambda_0 = r_cut / (g * sum_{t < ramp * steps} lr_t) (`reach`; g = 1 / (1 - momentum) for
+   the gradient, 1 for the proximal step). The
    trajectory (step, strength, P / dense) is recorded in metrics.json, the epoch's last values
    in history.csv, the controller's state in the checkpoint (a resumed run continues it).
    Every process of a data-parallel run computes the same P from the same weights.
