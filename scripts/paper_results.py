@@ -62,10 +62,15 @@ def lookup(tree: dict, key: str):
     return tree
 
 
+def bundle_tree(bundle: str) -> dict:
+    """The bundle's config as its YAML defines it today (unresolved)."""
+    cfg = compose(config_name="config", overrides=[f"experiment={bundle}"])
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
 def bundle_schedule(bundle: str) -> dict:
     """The schedule keys of a bundle as its YAML defines them."""
-    cfg = compose(config_name="config", overrides=[f"experiment={bundle}"])
-    tree = OmegaConf.to_container(cfg, resolve=False)
+    tree = bundle_tree(bundle)
     return {key: lookup(tree, key) for key in SCHEDULE_KEYS}
 
 
@@ -182,7 +187,8 @@ def label(key: tuple) -> str:
 
 
 def bundle_section(bundle: str, runs: list[Run]) -> list[str]:
-    reference = runs[0].config.get("reference") or {}
+    # the figures as the runs saved them; runs made before the bundle had any: today's YAML's
+    reference = runs[0].config.get("reference") or bundle_tree(bundle).get("reference") or {}
     schedule = bundle_schedule(bundle)
     pretrained = any("dense" in r.stages for r in runs)  # a dense stage: its accuracy too
     pruned = any(after_cut(r) is not None for r in runs)  # the cut's own loss, before fine-tuning
