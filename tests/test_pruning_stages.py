@@ -85,3 +85,56 @@ def test_ratio_prune_then_regularized_finetune_on_a_resnet(tmp_path, compose_cfg
     x = torch.randn(2, 3, 32, 32)
     ctx.model.eval()
     assert torch.isfinite(ctx.model(x)).all()
+
+
+# --- BatchNorm recalibration after the cut (sparsenet/pruning/recalibrate.py) ---------------
+def test_recalibration_averages_the_batch_statistics_worked_out_by_hand():
+    """conv (1 -> 2, 1x1, weights 1 and 2, no bias) -> BN: the conv outputs are x and 2x, so
+    over two batches the running mean is the mean of the batch means of x (times 1 and 2) and
+    the running variance the mean of the unbiased batch variances (times 1 and 4)."""
+    from sparsenet.pruning.recalibrate import recalibrate_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1, bias=False), torch.nn.BatchNorm2d(2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 2.0]).view(2, 1, 1, 1))
+    model[1].running_mean.fill_(7.0)  # stale statistics of a network before a cut
+    model.eval()
+    first = torch.tensor([0.0, 1.0, 2.0, 3.0]).view(1, 1, 2, 2)  # mean 1.5, var 5/3
+    second = torch.tensor([4.0, 4.0, 6.0, 6.0]).view(1, 1, 2, 2)  # mean 5, var 4/3
+    assert recalibrate_batchnorm(model, [first, second]) == 2
+    mean, var = (1.5 + 5.0) / 2, (5 / 3 + 4 / 3) / 2
+    assert model[1].running_mean.tolist() == pytest.approx([mean, 2 * mean])
+    assert model[1].running_var.tolist() == pytest.approx([var, 4 * var])
+    assert model[1].momentum == 0.1 and not model.training  # left as they were
+
+
+def test_recalibration_changes_nothing_without_batchnorm():
+    from sparsenet.pruning.recalibrate import recalibrate_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    assert recalibrate_batchnorm(model, [torch.ones(1, 3)]) == 0
+
+
+def test_the_prune_stage_recalibrates_when_asked(tmp_path, compose_cfg):
+    """prune.recalibrate_batches=2 on a ResNet: the statistics are those of the training
+    batches after the cut (not the dense network's), and every process would get the same."""
+    cfg = compose_cfg(
+        "experiment=smoke",
+        "model=resnet20",
+        "dataset.input_shape=[3,32,32]",
+        "dataset.train_size=64",
+        "dataset.test_size=32",
+        "prune=ratio",
+        "prune.ratio=0.4",
+        "prune.calibration_samples=16",
+        "prune.recalibrate_batches=2",
+    )
+    ctx = build_context(parse_config(cfg), tmp_path)
+    figures = prune_stage(ctx)
+    assert figures["recalibrated_batches"] == 2
+    again = build_context(parse_config(cfg), tmp_path / "again")
+    prune_stage(again)
+    stats = [m.running_mean for m in ctx.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    other = [m.running_mean for m in again.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(stats, other, strict=True))  # reproducible
+    assert any(float(s.abs().sum()) > 0 for s in stats)  # re-estimated (init: zeros)

@@ -21,6 +21,7 @@ from torch import nn
 
 from sparsenet.checkpoint import shape_spec
 from sparsenet.data import DataSplits
+from sparsenet.data.loaders import make_loader
 from sparsenet.errors import RunDiverged
 from sparsenet.loggers.base import Loggers
 from sparsenet.pipeline import distributed
@@ -38,6 +39,7 @@ from sparsenet.pipeline.schedules import make_schedule
 from sparsenet.pipeline.settings import OptimizerSpec, RunSettings
 from sparsenet.pruning import prune_units
 from sparsenet.pruning.budget import StrengthController
+from sparsenet.pruning.recalibrate import batchnorms, recalibrate_batchnorm
 from sparsenet.regularizers.base import Regularizer
 from sparsenet.runtime import seed_everything
 
@@ -294,6 +296,27 @@ def _calibration_batch(ctx: RunContext, size: int) -> torch.Tensor:
     return torch.stack([data[i][0] for i in order]).to(ctx.device)
 
 
+def _recalibration_batches(ctx: RunContext, count: int):
+    """`count` batches of a training loader of its own (shuffled with the run's seed,
+    augmented as in training, the whole batch on every process, so every process computes the
+    same statistics); the training loader's epochs are left alone."""
+    loader = make_loader(
+        ctx.data.train,
+        ctx.settings.train.batch_size,
+        shuffle=True,
+        seed=ctx.settings.seed,
+        augment=ctx.data.train_augment,
+        device=ctx.device,
+    )  # no workers: a few batches, fewer than a worker pool's start-up costs
+    used = 0
+    while used < count:  # another epoch of the loader when the training split is small
+        for inputs, _ in loader:
+            if used == count:
+                return
+            used += 1
+            yield inputs.to(ctx.device)
+
+
 def prune_stage(ctx: RunContext) -> dict:
     """Remove the units chosen by prune.criterion (see sparsenet.pruning.criteria), folding
     their contribution into the consumers (prune.fold)."""
@@ -302,7 +325,12 @@ def prune_stage(ctx: RunContext) -> dict:
     result = prune_units(ctx.model, calibration[:1], settings, calibration=calibration)
     # Every process pruned its own copy; identical weights give identical choices.
     distributed.check_identical(shape_spec(ctx.model), "the pruned model's layer shapes")
-    figures = {
+    figures = {}
+    if settings.recalibrate_batches and batchnorms(ctx.model):
+        figures["recalibrated_batches"] = recalibrate_batchnorm(
+            ctx.model, _recalibration_batches(ctx, settings.recalibrate_batches)
+        )
+    figures |= {
         "criterion": settings.criterion,
         "threshold": settings.threshold,
         "removed_units": {k: len(v) for k, v in result.removed.items()},

@@ -9,6 +9,8 @@ physically with torch-pruning's dependency graph.
 - `folded.py`: `FoldedConv2d`, the exact border fold for zero-padded convs.
 - `channel_select.py`: `ChannelSelect`, channel shuffles and splits the graph can follow.
 - `prunable.py`: `check_prunable`, whether a network can be pruned, checked before training.
+- `recalibrate.py`: `recalibrate_batchnorm`, BatchNorm statistics re-estimated after a cut.
+- `budget.py`, `cost.py`: compress to a budget; the units' marginal costs.
 """
 
 from sparsenet.pruning.channel_select import ChannelSelect

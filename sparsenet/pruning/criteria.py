@@ -69,6 +69,8 @@ class PruneSettings(Schema):
     round_to: int = setting(Integer(low=1), 1, hash_unless=1)  # widths kept multiples of it
     fold: str = setting(Choice(FOLDS), "exact")  # exact (border-correct) | bias (interior)
     calibration_samples: int = setting(Integer(low=1), 256)  # samples whose means are folded
+    # training batches that re-estimate BatchNorm statistics after the cut (recalibrate.py)
+    recalibrate_batches: int = setting(Integer(low=0), 0, hash_unless=0)
 
     @property
     def cost_target(self) -> str | None:
