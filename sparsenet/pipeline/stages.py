@@ -287,7 +287,7 @@ def train_stage(ctx: RunContext) -> dict:
     return _fit(ctx, "train", run.train.epochs, run.optimizer, ctx.regularizer, controller)
 
 
-def _calibration_batch(ctx: RunContext, size: int) -> torch.Tensor:
+def calibration_batch(ctx: RunContext, size: int) -> torch.Tensor:
     """`size` training samples drawn with the run's seed (the same ones on every rerun)."""
     data = ctx.data.train
     n = min(size, len(data))
@@ -296,7 +296,7 @@ def _calibration_batch(ctx: RunContext, size: int) -> torch.Tensor:
     return torch.stack([data[i][0] for i in order]).to(ctx.device)
 
 
-def _recalibration_batches(ctx: RunContext, count: int):
+def recalibration_batches(ctx: RunContext, count: int):
     """`count` batches of a training loader of its own (shuffled with the run's seed,
     augmented as in training, the whole batch on every process, so every process computes the
     same statistics); the training loader's epochs are left alone."""
@@ -321,14 +321,14 @@ def prune_stage(ctx: RunContext) -> dict:
     """Remove the units chosen by prune.criterion (see sparsenet.pruning.criteria), folding
     their contribution into the consumers (prune.fold)."""
     settings = ctx.settings.prune
-    calibration = _calibration_batch(ctx, settings.calibration_samples)
+    calibration = calibration_batch(ctx, settings.calibration_samples)
     result = prune_units(ctx.model, calibration[:1], settings, calibration=calibration)
     # Every process pruned its own copy; identical weights give identical choices.
     distributed.check_identical(shape_spec(ctx.model), "the pruned model's layer shapes")
     figures = {}
     if settings.recalibrate_batches and batchnorms(ctx.model):
         figures["recalibrated_batches"] = recalibrate_batchnorm(
-            ctx.model, _recalibration_batches(ctx, settings.recalibrate_batches)
+            ctx.model, recalibration_batches(ctx, settings.recalibrate_batches)
         )
     figures |= {
         "criterion": settings.criterion,
