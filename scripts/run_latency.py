@@ -58,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    runs = [path.resolve() for path in args.runs]
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    # a `model/` folder given directly: its run folder gets the figures (paper_results reads
+    # <run>/latency.json)
+    runs = [p.parent if p.name == "model" else p for p in (a.resolve() for a in args.runs)]
     folders = {run: model_folder(run) for run in runs}
     shapes = {input_shape(folder) for folder in folders.values()}
     if len(shapes) != 1:

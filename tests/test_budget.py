@@ -155,9 +155,9 @@ def test_the_reach_is_the_shrink_time_of_the_last_unit_the_budget_cuts(keep, rea
 @pytest.mark.parametrize(
     ("proximal", "momentum", "ramp", "strength"),
     [
-        (True, 0.9, 0.0, 0.5 / 0.1),  # the prox step: lr per step, one step (no ramp)
-        (False, 0.9, 0.0, 0.5 / 1.0),  # the gradient under momentum 0.9: 10 lr per step
-        (True, 0.0, 0.5, 0.5 / 5.0),  # over the ramp: 50 steps of lr 0.1
+        (True, 0.9, 0.5, 0.5 / 5.0),  # the prox step: lr per step, 50 steps of the ramp
+        (False, 0.9, 0.5, 0.5 / 50.0),  # the gradient under momentum 0.9: 10 lr per step
+        (True, 0.0, 0.25, 0.5 / 2.5),  # a shorter ramp: 25 steps of lr 0.1
     ],
 )
 def test_start_reach_sets_the_strength_that_cuts_the_budget_by_the_ramps_end(
@@ -169,7 +169,31 @@ def test_start_reach_sets_the_strength_that_cuts_the_budget_by_the_ramps_end(
     model = reach_net()
     control.bind(model, EXAMPLE, regularizer, 100, lr_at=lambda step: 0.1, momentum=momentum)
     assert regularizer.strength == pytest.approx(strength)
-    assert control.projected_share() == 1.0  # the costs are back to the dense network's
+    assert bool(control.costs.alive.all())  # the costs are back to the dense network's
+    assert control.costs.total() == control.dense
+
+
+def test_start_reach_without_a_ramp_spreads_the_shrinking_over_the_whole_stage():
+    """ramp 0: the target is the budget at once, but the reach is not crammed into one step:
+    100 steps of lr 0.1 (proximal: gain 1), so 0.5 / 10."""
+    settings = BudgetSettings(target="macs", keep=0.5, ramp=0.0, start_reach=True)
+    regularizer = GroupLasso(strength=1e-3, proximal=True)
+    control = StrengthController(settings, floor=1e-3)
+    control.bind(reach_net(), EXAMPLE, regularizer, 100, lr_at=lambda step: 0.1, momentum=0.9)
+    assert regularizer.strength == pytest.approx(0.5 / 10.0)
+
+
+def test_a_combination_of_proximal_parts_shrinks_by_prox():
+    """Combined's own `proximal` is False; its parts' prox steps set the gain (no momentum)."""
+    from sparsenet.regularizers.combined import Combined
+
+    prox = Combined(strength=1.0, parts={"a": GroupLasso(strength=1.0, proximal=True)})
+    mixed = Combined(
+        strength=1.0,
+        parts={"a": GroupLasso(strength=1.0, proximal=True), "b": GroupLasso(strength=1.0)},
+    )
+    assert prox.shrinks_by_prox and not mixed.shrinks_by_prox
+    assert GroupLasso(proximal=True).shrinks_by_prox and not GroupLasso().shrinks_by_prox
 
 
 def test_start_reach_and_start_penalty_are_one_choice():

@@ -131,9 +131,15 @@ def _fit(
                 example,
                 regularizer,
                 total_steps,
-                lr_at=lambda step: optimizer_spec.lr * run.scheduler.factor(step, total_steps),
+                lr_at=lambda step: (
+                    optimizer_spec.lr * run.scheduler.factor(step, max(total_steps, 1))
+                ),
                 momentum=float(optimizer.param_groups[0].get("momentum", 0.0)),
             )
+            # every process starts from rank 0's strength (float sums may differ in the last
+            # bits between devices; the proximal step would carry that difference)
+            controller.configured = distributed.broadcast_object(controller.configured)
+            controller.apply_strength()
     training_state = {} if controller is None else {"budget": controller}
     # Wrapped and compiled per stage: pruning changes the shapes. Parameters stay those of
     # ctx.model, which the regularizer reads and evaluation runs (each process its part).
@@ -309,12 +315,12 @@ def recalibration_batches(ctx: RunContext, count: int):
         device=ctx.device,
     )  # no workers: a few batches, fewer than a worker pool's start-up costs
     used = 0
-    while used < count:  # another epoch of the loader when the training split is small
+    while used < count and len(loader):  # another epoch when the training split is small
         for inputs, _ in loader:
+            yield inputs.to(ctx.device)
+            used += 1
             if used == count:
                 return
-            used += 1
-            yield inputs.to(ctx.device)
 
 
 def prune_stage(ctx: RunContext) -> dict:
@@ -330,6 +336,7 @@ def prune_stage(ctx: RunContext) -> dict:
         figures["recalibrated_batches"] = recalibrate_batchnorm(
             ctx.model, recalibration_batches(ctx, settings.recalibrate_batches)
         )
+        distributed.sync_buffers(ctx.model)  # rank 0's statistics everywhere
     figures |= {
         "criterion": settings.criterion,
         "threshold": settings.threshold,

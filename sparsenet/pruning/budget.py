@@ -148,8 +148,9 @@ class StrengthController:
         if self.budget.start_reach:
             if lr_at is None:
                 raise ValueError("start_reach needs the stage's learning rates (lr_at)")
-            gain = 1.0 if regularizer.proximal else 1.0 / (1.0 - momentum)
-            span = max(1, round(self.budget.ramp * total_steps))
+            gain = 1.0 if regularizer.shrinks_by_prox else 1.0 / (1.0 - momentum)
+            # the ramp's steps (no ramp: the whole stage, not one step's worth of shrinking)
+            span = max(1, round(self.budget.ramp * total_steps) or total_steps)
             travel = gain * sum(lr_at(step) for step in range(span))
             reach = self.reach(model)
             if travel > 0 and math.isfinite(reach) and reach > 0:
@@ -161,15 +162,17 @@ class StrengthController:
                 "is the starting point of budget control and must be positive",
                 "a number > 0",
             )
-        self._apply()
+        self.apply_strength()
 
     def reach(self, model: nn.Module) -> float:
         """lambda * lr-time at which the regularizer's shrinking alone takes the last unit the
-        budget cuts to zero (module docstring, `start_reach`). Under gradient descent on
-        lambda * R with step lr, a slice set w (a unit's incoming rows, or its consumers'
-        input columns) shrinks as d||w||/dt = -lambda * lr * <w, dR/dw> / ||w||, so it
-        reaches zero after lambda * sum lr = ||w||^2 / <w, dR/dw> (for a group-lasso group
-        of weight c: ||w|| / c; inf when R does not shrink it). A unit is cut when either of
+        budget cuts to zero (module docstring, `start_reach`), to first order. Under gradient
+        descent on lambda * R with step lr, a slice set w (a unit's incoming rows, or its
+        consumers' input columns) shrinks as d||w||/dt = -lambda * lr * <w, dR/dw> / ||w||,
+        so at its initial rate it reaches zero after lambda * sum lr = ||w||^2 / <w, dR/dw>
+        (exact for one group-lasso group of weight c: ||w|| / c; a set spread over several
+        groups, as a unit's columns in layer-wise groups, gets the weighted mean of their
+        times, not the largest; inf when R does not shrink it). A unit is cut when either of
         its two norms (its pruning score min(in_norm, out_norm)) is gone:
         r_u = min(r_in, r_out). The units are taken in increasing r_u until the cost is
         within the budget: the r_u of the last one taken."""
@@ -228,7 +231,7 @@ class StrengthController:
         self.projected = share
         error = math.log(max(share, 1e-12) / self.target_share(self.steps))
         self.factor = min(max(self.factor * math.exp(self.budget.rate * error), 1 / LIMIT), LIMIT)
-        self._apply()
+        self.apply_strength()
         self.trajectory.append(
             (
                 self.steps,
@@ -244,7 +247,8 @@ class StrengthController:
         progress = min(1.0, step / span) if span > 0 else 1.0
         return keep + (1.0 - keep) * (1.0 - progress) ** 3
 
-    def _apply(self) -> None:
+    def apply_strength(self) -> None:
+        """The regularizer's strength from the start and the factor (after `configured` moved)."""
         self.regularizer.strength = self.configured * self.factor
 
     def epoch_figures(self) -> dict:
@@ -279,4 +283,4 @@ class StrengthController:
         self.factor = float(state["factor"])
         self.projected = state["projected"]
         self.trajectory = [tuple(t) for t in state["trajectory"]]
-        self._apply()
+        self.apply_strength()

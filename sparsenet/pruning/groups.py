@@ -321,19 +321,23 @@ class SliceIndex:
         """sum of ||slice||^2 over each unit's slices of `kinds` (default: all of this index),
         shape (num_units,); differentiable. `fold_kernel` adds ||K_p[u]||^2 of FoldedConv2d
         producers to 'out' (the pruning score's incoming term)."""
-        total = self.sums(torch.square, kinds)
-        if fold_kernel:
-            for entry in self.entries:
-                if entry.kind == "out" and isinstance(entry.module, FoldedConv2d):
-                    k = entry.module.fold_kernel.detach()
-                    rows = k.square().sum(tuple(range(1, k.dim()))).to(total)
-                    total = total.index_add(0, entry.unit, rows.index_select(0, entry.index))
-        return total
+
+        def with_fold(entry: _Entry, rows: torch.Tensor) -> torch.Tensor:
+            if fold_kernel and entry.kind == "out" and isinstance(entry.module, FoldedConv2d):
+                k = entry.module.fold_kernel.detach()
+                return rows + k.square().sum(tuple(range(1, k.dim()))).to(rows)
+            return rows
+
+        return self._reduce(torch.square, kinds, with_fold)
 
     def sums(self, elementwise, kinds: Sequence[str] | None = None) -> torch.Tensor:
         """sum of elementwise(parameter) over each unit's slices of `kinds` (default: all of
         this index), shape (num_units,): with torch.square the squared norms; with
         `lambda p: p * p.grad` the inner product <w_u, dR/dw_u> of each unit's slices."""
+        return self._reduce(elementwise, kinds)
+
+    def _reduce(self, elementwise, kinds, adjust=None) -> torch.Tensor:
+        """`sums`, with `adjust(entry, per-index values)` applied to each entry's values."""
         kinds = self.kinds if kinds is None else tuple(kinds)
         total = None
         cache: dict[int, torch.Tensor] = {}
@@ -341,6 +345,8 @@ class SliceIndex:
             if entry.kind not in kinds:
                 continue
             values = _sums(entry, elementwise, cache)
+            if adjust is not None:
+                values = adjust(entry, values)
             if total is None:
                 total = values.new_zeros(self.num_units)
             total = total.index_add(0, entry.unit, values.index_select(0, entry.index))

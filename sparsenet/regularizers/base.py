@@ -222,7 +222,7 @@ class Regularizer:
         `penalty` is 0): the scale that budget control starts from (`budget.start_penalty`,
         `start_reach`), the same for a regularizer with and without `proximal`. A float, or
         with `differentiable` the tensor (for dR/dW)."""
-        switched = [r for r in _with_parts(self) if r.proximal]
+        switched = [r for r in with_parts(self) if r.proximal]
         for regularizer in switched:
             regularizer.proximal = False
         try:
@@ -233,6 +233,13 @@ class Regularizer:
         finally:
             for regularizer in switched:
                 regularizer.proximal = True
+
+    @property
+    def shrinks_by_prox(self) -> bool:
+        """Whether every regularizer inside (a combination's parts, partial's inner) takes its
+        step as a prox after the optimizer's (the optimizer's momentum does not carry it)."""
+        leaves = [r for r in with_parts(self) if not getattr(r, "parts", None)]
+        return all(r.proximal for r in leaves)
 
     def _layer_call(self, method, name: str, *args):
         """`method(*args)`, with the layer's costs as a last argument when `cost` is set (a
@@ -298,12 +305,12 @@ class NoRegularizer(Regularizer):
         return torch.zeros(())
 
 
-def _with_parts(regularizer: Regularizer) -> list[Regularizer]:
+def with_parts(regularizer: Regularizer) -> list[Regularizer]:
     """The regularizer and every regularizer inside it (a combination's parts, partial's inner)."""
     found = [regularizer]
     inner = [*getattr(regularizer, "parts", {}).values()]
     if getattr(regularizer, "inner", None) is not None:
         inner.append(regularizer.inner)
     for part in inner:
-        found.extend(_with_parts(part))
+        found.extend(with_parts(part))
     return found
