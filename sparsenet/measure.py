@@ -112,7 +112,6 @@ def dense_layer_units(model: nn.Module) -> dict[str, int]:
     return {n: m.weight.shape[0] for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
 
 
-@torch.no_grad()
 def measure_latency_ms(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -123,21 +122,10 @@ def measure_latency_ms(
     repeats: int = 10,
 ) -> float:
     """Median wall time (ms) of one forward pass of a batch, after warm-up, in eval mode."""
-    was_training = model.training
-    model.eval()
-    x = torch.randn(batch_size, *input_shape, device=device)
-    times = []
-    for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1000)
-    model.train(was_training)
-    return float(statistics.median(times))
+    timed = interleaved_latency_ms(
+        {"model": model}, input_shape, batch_size, device=device, repeats=repeats, warmup=warmup
+    )
+    return float(timed["model"]["median_ms"])
 
 
 @torch.no_grad()
@@ -146,26 +134,40 @@ def interleaved_latency_ms(
     input_shape: tuple[int, ...],
     batch_size: int,
     *,
+    device: torch.device | str = "cpu",
     repeats: int = 30,
     warmup: int = 5,
 ) -> dict[str, dict[str, float]]:
-    """{name: {median_ms, q1_ms, q3_ms}} of one forward pass of a batch per model (eval mode,
-    on the CPU), measured side by side: every round runs each model once, in an order rotated
-    per round, so background load on a shared machine hits all of them alike and their ratios
-    (speed-ups) stay fair even when the absolute times drift."""
+    """{name: {median_ms, q1_ms, q3_ms}} of one forward pass of a batch per model (eval mode;
+    each model's mode is put back after), measured side by side: every round runs each model
+    once, in an order rotated per round, so background load on a shared machine hits all of
+    them alike and their ratios (speed-ups) stay fair even when the absolute times drift. On
+    CUDA each pass is timed between two synchronizations."""
+    device = torch.device(device)
+    modes = {name: model.training for name, model in models.items()}
     for model in models.values():
         model.eval()
-    x = torch.randn(batch_size, *input_shape)
+    x = torch.randn(batch_size, *input_shape, device=device)
+
+    def timed_pass(model: nn.Module) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - start) * 1000
+
     for model in models.values():
         for _ in range(warmup):
-            model(x)
+            timed_pass(model)
     times: dict[str, list[float]] = {name: [] for name in models}
     names = list(models)
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            models[name](x)
-            times[name].append((time.perf_counter() - start) * 1000)
+            times[name].append(timed_pass(models[name]))
+    for name, model in models.items():
+        model.train(modes[name])
     result = {}
     for name, values in times.items():
         q1, median, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3

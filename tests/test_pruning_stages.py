@@ -52,15 +52,21 @@ def test_stage_configs_are_checked_up_front(override, message, compose_cfg):
     assert str(refused.value) == message
 
 
+# a smoke run of ResNet-20 on 64 synthetic images, cut with the ratio criterion
+RESNET_RATIO_CUT = (
+    "experiment=smoke",
+    "model=resnet20",
+    "dataset.input_shape=[3,32,32]",
+    "dataset.train_size=64",
+    "dataset.test_size=32",
+    "prune=ratio",
+    "prune.ratio=0.4",
+)
+
+
 def test_ratio_prune_then_regularized_finetune_on_a_resnet(tmp_path, compose_cfg):
     cfg = compose_cfg(
-        "experiment=smoke",
-        "model=resnet20",
-        "dataset.input_shape=[3,32,32]",
-        "dataset.train_size=64",
-        "dataset.test_size=32",
-        "prune=ratio",
-        "prune.ratio=0.4",
+        *RESNET_RATIO_CUT,
         "prune.calibration_samples=32",
         "finetune=sgd",
         "finetune.regularize=true",
@@ -121,13 +127,7 @@ def test_the_prune_stage_recalibrates_when_asked(tmp_path, compose_cfg):
     """prune.recalibrate_batches=2 on a ResNet: the statistics are those of the training
     batches after the cut (not the dense network's), and every process would get the same."""
     cfg = compose_cfg(
-        "experiment=smoke",
-        "model=resnet20",
-        "dataset.input_shape=[3,32,32]",
-        "dataset.train_size=64",
-        "dataset.test_size=32",
-        "prune=ratio",
-        "prune.ratio=0.4",
+        *RESNET_RATIO_CUT,
         "prune.calibration_samples=16",
         "prune.recalibrate_batches=2",
     )
